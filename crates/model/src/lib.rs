@@ -1,0 +1,14 @@
+//! tether's domain model: configuration shapes, their defaults and their validation.
+//!
+//! Parsing and validation are separate steps: a file is first read into raw shapes that mirror
+//! what people write (camelCase, optional fields), then validated as a whole into the types the
+//! rest of tether uses. Every error points at a file, a line and a field. This crate does no IO
+//! beyond what its callers hand it.
+
+mod duration;
+pub mod proxy;
+mod source;
+
+pub use duration::Seconds;
+pub use proxy::{AppProtocol, Endpoint, Inbound, LoadBalancing, Outbound, ProxyConfig, Timeouts};
+pub use source::{ConfigError, ConfigErrors, Source};

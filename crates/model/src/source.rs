@@ -1,0 +1,166 @@
+//! Reading a YAML (or JSON) document while remembering where everything came from.
+
+use std::fmt;
+
+use marked_yaml::{LoaderOptions, Node};
+use serde::de::DeserializeOwned;
+
+/// One document as read from a file, kept so that errors found after parsing can still be
+/// reported at the line they concern.
+pub struct Source {
+    name: String,
+    root: Node,
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file's name as the user gave it.
+    pub file: String,
+    /// 1-based line and column, when known.
+    pub line: usize,
+    pub column: usize,
+    /// The field, as a path (`outbound[1].listen`); empty for the document itself.
+    pub field: String,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+/// Every error found in a file; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl Source {
+    /// Parses `text` (YAML, or JSON, which is read as YAML flow style).
+    pub fn parse(name: impl Into<String>, text: &str) -> Result<Self, ConfigErrors> {
+        let name = name.into();
+        if text.trim().is_empty() {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: name,
+                line: 1,
+                column: 1,
+                field: String::new(),
+                message: "the file is empty; expected a mapping such as `admin: 127.0.0.1:9901`".into(),
+            }]));
+        }
+        let options = LoaderOptions::default().error_on_duplicate_keys(true).toplevel_mapping();
+        match marked_yaml::parse_yaml_with_options(0, text, options) {
+            Ok(root) => Ok(Self { name, root }),
+            Err(e) => Err(ConfigErrors(vec![load_error(&name, e)])),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Deserializes the document into `T`, reporting the first type error with its position.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigErrors> {
+        marked_yaml::from_node(&self.root).map_err(|e| {
+            let (line, column) = e.start_mark().map_or((1, 1), |m| (m.line(), m.column()));
+            let field = e.path().unwrap_or_default().to_owned();
+            let message = describe_serde_error(&e.into_inner());
+            ConfigErrors(vec![ConfigError { file: self.name.clone(), line, column, field, message }])
+        })
+    }
+
+    /// An error about `field` (a path such as `outbound[1].listen`), placed at the deepest node
+    /// of that path that exists in the document.
+    pub fn error(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let field = field.into();
+        let (line, column) = self.locate(&field);
+        ConfigError { file: self.name.clone(), line, column, field, message: message.into() }
+    }
+
+    fn locate(&self, path: &str) -> (usize, usize) {
+        let mut node = &self.root;
+        for segment in path_segments(path) {
+            let next = match segment {
+                Segment::Key(key) => node.as_mapping().and_then(|m| m.get_node(key)),
+                Segment::Index(i) => node.as_sequence().and_then(|s| s.get_node(i)),
+            };
+            match next {
+                Some(next) => node = next,
+                None => break,
+            }
+        }
+        node.span().start().map_or((1, 1), |m| (m.line(), m.column()))
+    }
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_segments(path: &str) -> impl Iterator<Item = Segment<'_>> {
+    path.split('.').filter(|s| !s.is_empty()).flat_map(|part| {
+        let (key, rest) = part.split_once('[').unwrap_or((part, ""));
+        let indices =
+            rest.split('[').filter_map(|i| i.trim_end_matches(']').parse().ok()).map(Segment::Index);
+        (!key.is_empty()).then_some(Segment::Key(key)).into_iter().chain(indices.collect::<Vec<_>>())
+    })
+}
+
+fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
+    use marked_yaml::LoadError::*;
+    let (mark, message) = match &e {
+        TopLevelMustBeMapping(m) => {
+            (Some(*m), "the document must be a mapping of fields (`admin: …`, `outbound: […]`)".to_owned())
+        }
+        DuplicateKey(inner) => (
+            inner.key.span().start().copied(),
+            format!(
+                "`{}` appears twice in the same mapping (first at line {}); keep one",
+                inner.key.as_str(),
+                inner.prev_key.span().start().map_or(0, |m| m.line())
+            ),
+        ),
+        ScanError(m, scan) => (Some(*m), format!("not valid YAML: {scan}")),
+        other => (None, format!("not supported here: {other}")),
+    };
+    ConfigError {
+        file: file.to_owned(),
+        line: mark.map_or(1, |m| m.line()),
+        column: mark.map_or(1, |m| m.column()),
+        field: String::new(),
+        message,
+    }
+}
+
+fn describe_serde_error(e: &marked_yaml::Error) -> String {
+    use marked_yaml::Error::*;
+    match e {
+        NotBoolean(_) => "expected `true` or `false`".into(),
+        IntegerParseFailure(err, _) => format!("not a whole number ({err})"),
+        FloatParseFailure(err, _) => format!("not a number ({err})"),
+        UnknownFieldError(field, expected, _) => {
+            format!("unknown field `{field}`; expected one of: {}", expected.join(", "))
+        }
+        Other(message, _) => message.clone(),
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}

@@ -1,0 +1,166 @@
+//! Raw TCP: each accepted connection is spliced to one endpoint. Half-closes propagate (a FIN
+//! in one direction is passed on while the other keeps flowing), and a connection that moves
+//! no byte either way for the idle timeout is closed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::balance::{Balancer, Load};
+use crate::error::ProxyError;
+use crate::metrics::ListenerMetrics;
+use crate::upstream::connect;
+use tether_model::{LoadBalancing, Timeouts};
+
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+pub struct TcpRoute {
+    name: String,
+    endpoints: Vec<(SocketAddr, Load)>,
+    balancer: Balancer,
+    connect_timeout: Duration,
+    idle: Option<Duration>,
+    metrics: ListenerMetrics,
+}
+
+impl TcpRoute {
+    pub fn new(
+        name: String,
+        endpoints: Vec<SocketAddr>,
+        policy: LoadBalancing,
+        timeouts: &Timeouts,
+        metrics: ListenerMetrics,
+    ) -> Self {
+        Self {
+            name,
+            endpoints: endpoints.into_iter().map(|a| (a, Load::new())).collect(),
+            balancer: Balancer::new(policy),
+            connect_timeout: timeouts.connect(),
+            idle: timeouts.idle(),
+            metrics,
+        }
+    }
+
+    pub async fn serve(self: Arc<Self>, downstream: TcpStream) {
+        self.metrics.requests.inc();
+        let _open = self.metrics.connection();
+        let (upstream, i) = match self.connect().await {
+            Ok(connected) => connected,
+            Err(error) => {
+                debug!(route = %self.name, %error, "tcp connection refused");
+                return;
+            }
+        };
+        let load = &self.endpoints[i].1;
+        let _outstanding = load.start();
+        let activity = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let mut down = Tracked::new(downstream, &self.metrics.bytes, &activity, epoch);
+        let mut up = Tracked::new(upstream, &self.metrics.bytes, &activity, epoch);
+        let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
+        let result = match self.idle {
+            None => copy.await,
+            Some(limit) => tokio::select! {
+                r = copy => r,
+                () = idle_for(limit, &activity, epoch) => {
+                    debug!(route = %self.name, "closing idle tcp connection");
+                    return;
+                }
+            },
+        };
+        if let Err(error) = result {
+            debug!(route = %self.name, %error, "tcp connection ended");
+        }
+    }
+
+    async fn connect(&self) -> Result<(TcpStream, usize), ProxyError> {
+        let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
+        loop {
+            let cost = |i: usize| self.endpoints[i].1.cost();
+            let Some(i) = self.balancer.pick(self.endpoints.len(), cost, &tried) else {
+                return Err(ProxyError::NoEndpoints { target: self.name.clone() });
+            };
+            let (addr, load) = &self.endpoints[i];
+            let start = Instant::now();
+            match connect(*addr, self.connect_timeout).await {
+                Ok(stream) => {
+                    load.observe(start.elapsed());
+                    return Ok((stream, i));
+                }
+                Err(error) => {
+                    tried.push(i);
+                    if tried.len() >= MAX_CONNECT_ATTEMPTS.min(self.endpoints.len()) {
+                        return Err(error);
+                    }
+                    debug!(route = %self.name, %error, "trying another endpoint");
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once no byte has moved for `limit`.
+async fn idle_for(limit: Duration, last: &AtomicU64, epoch: Instant) {
+    loop {
+        let since = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
+        if Instant::now() >= since + limit {
+            return;
+        }
+        tokio::time::sleep_until(since + limit).await;
+    }
+}
+
+/// A stream that counts the bytes read from it and notes when it last moved any.
+struct Tracked<'a> {
+    inner: TcpStream,
+    bytes: &'a Counter,
+    last: &'a AtomicU64,
+    epoch: Instant,
+}
+
+impl<'a> Tracked<'a> {
+    fn new(inner: TcpStream, bytes: &'a Counter, last: &'a AtomicU64, epoch: Instant) -> Self {
+        Self { inner, bytes, last, epoch }
+    }
+}
+
+impl AsyncRead for Tracked<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.bytes.inc_by(n as u64);
+            self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked<'_> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,156 @@
+//! Connections to endpoints: a pool of HTTP/1 connections or one shared HTTP/2 connection per
+//! endpoint, opened with a connect timeout and reused until idle for too long.
+//!
+//! A request sent on a reused connection that the peer closes before any byte of a response
+//! (the classic keep-alive race) is sent once more on a fresh connection when that is safe: the
+//! request never left the proxy, or it has no body and so can be sent again as it was.
+
+mod http1;
+mod http2;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+pub use http1::Pooled;
+
+/// How to reach one endpoint over HTTP.
+pub enum HttpClient {
+    Http1(http1::Pool),
+    Http2(http2::Shared),
+}
+
+/// A response, and for HTTP/1 the connection to give back once its body has been read.
+pub struct Sent {
+    pub response: Response<Incoming>,
+    pub pooled: Option<Pooled>,
+}
+
+/// A failed send; `request` is handed back when it never left, so it may go elsewhere.
+pub struct SendError {
+    pub error: ProxyError,
+    pub request: Option<Request<ProxyBody>>,
+}
+
+impl HttpClient {
+    pub fn new(addr: SocketAddr, http2: bool, connect_timeout: Duration, idle: Option<Duration>) -> Self {
+        if http2 {
+            Self::Http2(http2::Shared::new(addr, connect_timeout))
+        } else {
+            Self::Http1(http1::Pool::new(addr, connect_timeout, idle))
+        }
+    }
+
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Sent, SendError> {
+        match self {
+            Self::Http1(pool) => send(pool, req).await,
+            Self::Http2(shared) => send(shared, req).await,
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(source)) => Err(ProxyError::ConnectFailed { endpoint: addr, source }),
+        Err(_) => Err(ProxyError::ConnectTimeout { endpoint: addr, timeout }),
+    }
+}
+
+/// What the two kinds of upstream connection have in common.
+trait Connections: Sync {
+    type Conn: Send;
+    fn addr(&self) -> SocketAddr;
+    /// An open connection to reuse, if there is one.
+    fn reuse(&self) -> Option<Self::Conn>;
+    fn open(&self) -> impl Future<Output = Result<Self::Conn, ProxyError>> + Send;
+    fn try_send(
+        conn: &mut Self::Conn,
+        req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, TrySendError<Request<ProxyBody>>>> + Send;
+    fn sent(&self, response: Response<Incoming>, conn: Self::Conn) -> Sent;
+    /// A reused connection failed: stop handing it out.
+    fn discard(&self) {}
+}
+
+/// Sends `req`, once more on a fresh connection if a reused one was closed before answering.
+async fn send<C: Connections>(c: &C, req: Request<ProxyBody>) -> Result<Sent, SendError> {
+    let (mut conn, reused) = match c.reuse() {
+        Some(conn) => (conn, true),
+        None => match c.open().await {
+            Ok(conn) => (conn, false),
+            Err(error) => return Err(SendError { error, request: Some(req) }),
+        },
+    };
+    let copy = if reused { replay_copy(&req) } else { None };
+    let (error, unsent) = match C::try_send(&mut conn, req).await {
+        Ok(response) => return Ok(c.sent(response, conn)),
+        Err(mut e) => {
+            let unsent = e.take_message();
+            (e.into_error(), unsent)
+        }
+    };
+    let again = unsent.or(if closed_before_response(&error) { copy } else { None });
+    match again {
+        Some(again) if reused => {
+            debug!(endpoint = %c.addr(), %error, "reused connection closed; sending again on a fresh one");
+            c.discard();
+            let mut conn = match c.open().await {
+                Ok(conn) => conn,
+                Err(error) => return Err(SendError { error, request: Some(again) }),
+            };
+            match C::try_send(&mut conn, again).await {
+                Ok(response) => Ok(c.sent(response, conn)),
+                Err(mut e) => {
+                    let request = e.take_message();
+                    Err(SendError { error: upstream(c.addr(), e.into_error()), request })
+                }
+            }
+        }
+        request => Err(SendError { error: upstream(c.addr(), error), request }),
+    }
+}
+
+fn upstream(endpoint: SocketAddr, source: hyper::Error) -> ProxyError {
+    ProxyError::Upstream { endpoint, source }
+}
+
+/// A copy of a body-less request, kept so that it can be sent again.
+fn replay_copy(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    use http_body::Body;
+    if !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(ProxyBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether a failure on a reused connection means the peer closed it before answering.
+fn closed_before_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    // HTTP/2: the peer refused the stream or went away before processing it.
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<std::io::Error>() {
+            return matches!(h2.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
+        }
+        source = s.source();
+    }
+    false
+}

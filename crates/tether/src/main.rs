@@ -1,0 +1,38 @@
+//! `tether`: one binary for the whole mesh. This file only parses the command line and composes
+//! the libraries.
+
+mod proxy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Service-to-service networking for your own Linux machines: call services by name, with
+/// balancing, timeouts, retries, mutual TLS and golden metrics in a sidecar proxy.
+#[derive(Parser)]
+#[command(name = "tether", version, propagate_version = true)]
+struct Cli {
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, env = "TETHER_LOG", default_value = "info")]
+    log_level: tracing::Level,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Proxy(proxy::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(cli.log_level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    match cli.command {
+        Command::Proxy(args) => proxy::main(args),
+    }
+}
