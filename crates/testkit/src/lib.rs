@@ -1,1 +1,33 @@
+//! What tether's end-to-end tests share: real `tether` processes, backends whose behaviour a
+//! test controls, a bounded load generator and an `assert_eventually!` that replaces sleeps.
+//!
+//! Everything binds to loopback with port 0 and reports the address the kernel chose, so tests
+//! run in parallel without racing for ports.
 
+mod backend;
+mod client;
+mod load;
+mod sidecar;
+
+pub use backend::{Backend, BackendOptions, Fnv, pattern};
+pub use client::{Client, Reply};
+pub use load::{Load, LoadReport};
+pub use sidecar::{Sidecar, metric_value, workspace_path};
+
+/// Polls `$cond` (an expression) every 20 ms until it holds, failing the test with `$($msg)+`
+/// if it does not within `$timeout`.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($timeout:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = ::std::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            if ::std::time::Instant::now() >= deadline {
+                panic!($($msg)+);
+            }
+            ::tokio::time::sleep(::std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}

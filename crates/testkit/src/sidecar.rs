@@ -1,0 +1,188 @@
+//! A `tether proxy` process started from a config the test writes.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::Client;
+
+pub struct Sidecar {
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// The admin endpoint's address.
+    pub admin: SocketAddr,
+    listeners: HashMap<String, SocketAddr>,
+}
+
+impl Sidecar {
+    /// Writes `yaml` to a file, starts `tether proxy --config` on it and waits until it is
+    /// ready. Listeners may use port 0; [`Sidecar::addr`] tells where they ended up.
+    pub async fn start(bin: &str, yaml: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("proxy.yaml");
+        std::fs::write(&path, yaml)?;
+        let mut child = Command::new(bin)
+            .args(["proxy", "--config"])
+            .arg(&path)
+            .env("TETHER_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {bin}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let reader = Some(reader);
+        let mut sidecar = Self { child, _dir: dir, log, reader, admin: ([0, 0, 0, 0], 0).into(), listeners: HashMap::new() };
+        sidecar.wait_ready(Duration::from_secs(10)).await?;
+        Ok(sidecar)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // The process is gone, so its stderr is closed: read what it said last.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                bail!("tether exited with {status} before it was ready:\n{}", self.log());
+            }
+            self.listeners = parse_listening(&self.log());
+            if let Some(admin) = self.listeners.get("admin").copied() {
+                self.admin = admin;
+                let ready = Client::http1().get(&format!("http://{admin}/ready")).await;
+                if ready.is_ok_and(|r| r.status == 200) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("tether not ready within {timeout:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Where the listener named `name` (an inbound portName or outbound dnsName) listens.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self.listeners.get(name).unwrap_or_else(|| panic!("no listener `{name}` in:\n{}", self.log()))
+    }
+
+    pub fn url(&self, name: &str, path: &str) -> String {
+        format!("http://{}{path}", self.addr(name))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        signal(self.pid(), "TERM");
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The admin endpoint's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let reply = Client::http1().get(&format!("http://{}/metrics", self.admin)).await;
+        reply.map(|r| r.text()).unwrap_or_default()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// Resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS:")
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `listening kind=outbound name=web addr=127.0.0.1:4000` lines → name → address.
+fn parse_listening(log: &str) -> HashMap<String, SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("listening"))
+        .filter_map(|l| {
+            let field = |key: &str| l.split_whitespace().find_map(|w| w.strip_prefix(key));
+            Some((field("name=")?.to_owned(), field("addr=")?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of the sample `name{labels…}` in Prometheus text, summed over every sample whose
+/// labels include all of `labels` (`key="value"` pairs).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A path inside the workspace, for test assets.
+pub fn workspace_path(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
