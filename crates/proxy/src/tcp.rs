@@ -92,11 +92,11 @@ impl TcpRoute {
             };
             let (addr, load) = &self.endpoints[i];
             let start = Instant::now();
-            match connect(*addr, self.connect_timeout).await {
-                Ok(stream) => {
-                    load.observe(start.elapsed());
-                    return Ok((stream, i));
-                }
+            let connected = connect(*addr, self.connect_timeout).await;
+            // A connect that failed or timed out is latency too (see http::Route::forward).
+            load.observe(start.elapsed());
+            match connected {
+                Ok(stream) => return Ok((stream, i)),
                 Err(error) => {
                     tried.push(i);
                     if tried.len() >= MAX_CONNECT_ATTEMPTS.min(self.endpoints.len()) {

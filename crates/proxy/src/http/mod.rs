@@ -87,7 +87,6 @@ impl Route {
         match self.forward(req, deadline).await {
             Ok((sent, endpoint)) => {
                 let rtt = start.elapsed();
-                endpoint.load.observe(rtt);
                 if let Some(h) = &m.response_time {
                     h.observe(rtt.as_secs_f64());
                 }
@@ -129,10 +128,15 @@ impl Route {
             });
             headers::for_upstream(&mut req, endpoint.version, authority);
             endpoint.load.begin();
+            let sent_at = Instant::now();
             let sent = match deadline {
                 Some(at) => tokio::time::timeout_at(at, endpoint.client.send(req)).await,
                 None => Ok(endpoint.client.send(req).await),
             };
+            // The balancer learns each attempt's time on the endpoint it went to, failures
+            // included: one whose connects time out must look slow, not untried, and the time
+            // lost on it must not be charged to the endpoint that answered the retry.
+            endpoint.load.observe(sent_at.elapsed());
             let error = match sent {
                 Ok(Ok(sent)) => return Ok((sent, endpoint.clone())),
                 Ok(Err(error)) => error,
