@@ -162,7 +162,9 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Response<B
             tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
             text(StatusCode::OK, format!("hello from {}", state.name))
         }
-        "status" => text(StatusCode::from_u16(arg.parse().unwrap_or(500)).unwrap_or(StatusCode::OK), "status"),
+        "status" => {
+            text(StatusCode::from_u16(arg.parse().unwrap_or(500)).unwrap_or(StatusCode::OK), "status")
+        }
         "echo" => Response::new(req.into_body().boxed()),
         "sink" => {
             let mut body = req.into_body();
@@ -183,7 +185,8 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Response<B
             let mut res = text(StatusCode::OK, format!("hello from {}", state.name));
             let seen = req.headers().get(http::header::HOST).cloned();
             let authority = req.uri().authority().map(|a| a.to_string());
-            let host = seen.and_then(|h| h.to_str().ok().map(str::to_owned)).or(authority).unwrap_or_default();
+            let host =
+                seen.and_then(|h| h.to_str().ok().map(str::to_owned)).or(authority).unwrap_or_default();
             res.headers_mut().insert("x-seen-host", host.parse().unwrap());
             res.headers_mut().insert("x-seen-version", format!("{:?}", req.version()).parse().unwrap());
             res
@@ -194,13 +197,15 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Response<B
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut res = Response::new(http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut res =
+        Response::new(http_body_util::Full::new(body.into()).map_err(|never| match never {}).boxed());
     *res.status_mut() = status;
     res
 }
 
-/// `len` bytes of [`pattern`], streamed in 64 KiB chunks.
-fn pattern_body(len: u64) -> Body {
+/// `len` bytes of [`pattern`], streamed in 64 KiB chunks: never more than one chunk is held,
+/// however long the body (the backend's `/bytes/<n>`, and uploads of any size).
+pub fn pattern_body(len: u64) -> BoxBody<Bytes, hyper::Error> {
     PatternBody { remaining: len, chunk: Bytes::from(pattern(PatternBody::CHUNK)) }.boxed()
 }
 
@@ -234,6 +239,19 @@ impl hyper::body::Body for PatternBody {
 /// The bytes of [`Backend`]'s `/bytes/<n>`: 0, 1, …, 255, 0, 1, …
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| i as u8).collect()
+}
+
+/// The [`Fnv`] checksum of `len` bytes of [`pattern`], as `/sink` would answer it.
+pub fn pattern_checksum(len: u64) -> u64 {
+    let chunk = pattern(PatternBody::CHUNK);
+    let mut sum = Fnv::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64);
+        sum.write(&chunk[..n as usize]);
+        left -= n;
+    }
+    sum.finish()
 }
 
 /// FNV-1a, 64 bit: enough to tell two byte streams apart in a test.

@@ -7,12 +7,18 @@
 mod backend;
 mod client;
 mod load;
+mod net;
+mod prometheus;
 mod sidecar;
+mod stream;
 
-pub use backend::{Backend, BackendOptions, Fnv, pattern};
+pub use backend::{Backend, BackendOptions, Fnv, pattern, pattern_body, pattern_checksum};
 pub use client::{Client, Reply};
 pub use load::{Load, LoadReport};
+pub use net::{Unanswered, free_port, refused_addr};
+pub use prometheus::Prometheus;
 pub use sidecar::{Sidecar, metric_value, workspace_path};
+pub use stream::{Digest, StreamClient};
 
 /// Polls `$cond` (an expression) every 20 ms until it holds, failing the test with `$($msg)+`
 /// if it does not within `$timeout`.

@@ -49,7 +49,9 @@ impl Load {
                     && sent.fetch_add(1, Ordering::Relaxed) < max_requests
                 {
                     outcomes.push(match client.get(&url).await {
-                        Ok(r) if r.status.is_success() => Outcome::Ok(r.header("x-backend").map(str::to_owned)),
+                        Ok(r) if r.status.is_success() => {
+                            Outcome::Ok(r.header("x-backend").map(str::to_owned))
+                        }
                         Ok(r) => Outcome::Failed(format!("{} {}", r.status, r.text().trim())),
                         Err(e) => Outcome::Failed(format!("{e:#}")),
                     });

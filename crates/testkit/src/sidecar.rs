@@ -49,7 +49,14 @@ impl Sidecar {
             }
         });
         let reader = Some(reader);
-        let mut sidecar = Self { child, _dir: dir, log, reader, admin: ([0, 0, 0, 0], 0).into(), listeners: HashMap::new() };
+        let mut sidecar = Self {
+            child,
+            _dir: dir,
+            log,
+            reader,
+            admin: ([0, 0, 0, 0], 0).into(),
+            listeners: HashMap::new(),
+        };
         sidecar.wait_ready(Duration::from_secs(10)).await?;
         Ok(sidecar)
     }
@@ -81,7 +88,19 @@ impl Sidecar {
 
     /// Where the listener named `name` (an inbound portName or outbound dnsName) listens.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        *self.listeners.get(name).unwrap_or_else(|| panic!("no listener `{name}` in:\n{}", self.log()))
+        // tether logs every `listening` line before it serves `/ready`, but the thread copying
+        // its stderr into the log may still lag behind on a loaded machine: look again, briefly.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.listeners.get(name).copied();
+            if let Some(addr) = found.or_else(|| parse_listening(&self.log()).get(name).copied()) {
+                return addr;
+            }
+            if Instant::now() >= deadline {
+                panic!("no listener `{name}` in:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn url(&self, name: &str, path: &str) -> String {
@@ -175,9 +194,8 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name
-                && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
-            .then(|| value.parse::<f64>().ok())?
+            (metric == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
