@@ -111,4 +111,13 @@ async fn a_reused_connection_closed_before_answering_is_retried_on_a_fresh_one()
         "the backend saw {seen} requests for {REQUESTS}: the proxy never reused a connection, so the race was not exercised"
     );
     assert!(seen < 2 * REQUESTS, "the backend saw {seen} requests for {REQUESTS}: more than one retry each");
+
+    // A POST is not idempotent: it may have reached the app, so it is never sent twice, and
+    // the caller learns that the upstream failed.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = backend.requests();
+    let r = client.post(&proxy.url("racy", "/"), "").await.unwrap();
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("x-tether-error"), Some("upstream-failed"), "{r:?}");
+    assert_eq!(backend.requests(), before + 1, "the POST was sent more than once");
 }

@@ -94,7 +94,7 @@ impl TcpRoute {
             let start = Instant::now();
             let connected = connect(*addr, self.connect_timeout).await;
             // A connect that failed or timed out is latency too (see http::Route::forward).
-            load.observe(start.elapsed());
+            load.observe_attempt(start.elapsed(), connected.is_ok(), self.connect_timeout);
             match connected {
                 Ok(stream) => return Ok((stream, i)),
                 Err(error) => {

@@ -63,6 +63,12 @@ impl Load {
         e.at = now;
     }
 
+    /// Observes one attempt. A failed one counts as at least `failure_cost`: a refused connect
+    /// fails in microseconds, and must not make a dead endpoint look like the fastest.
+    pub fn observe_attempt(&self, elapsed: Duration, succeeded: bool, failure_cost: Duration) {
+        self.observe(if succeeded { elapsed } else { elapsed.max(failure_cost) });
+    }
+
     /// Latency estimate, decayed by the time since the last sample, × (outstanding + 1).
     pub fn cost(&self) -> f64 {
         let e = self.rtt.lock().unwrap_or_else(|p| p.into_inner());

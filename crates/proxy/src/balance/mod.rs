@@ -81,6 +81,14 @@ mod tests {
         assert_eq!(counts, [0, 100]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_failure_does_not_make_an_endpoint_look_fast() {
+        let loads = [Load::new(), Load::new()];
+        loads[0].observe(Duration::from_millis(2));
+        loads[1].observe_attempt(Duration::from_micros(50), false, Duration::from_secs(1));
+        assert_eq!(shares(LoadBalancing::P2cEwma, &loads, 100), [100, 0]);
+    }
+
     #[test]
     fn avoid_skips_endpoints_unless_none_is_left() {
         let loads = [Load::new(), Load::new(), Load::new()];

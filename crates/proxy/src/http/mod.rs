@@ -48,6 +48,8 @@ pub struct Route {
     endpoints: Vec<Arc<HttpEndpoint>>,
     balancer: Balancer,
     per_request: Option<Duration>,
+    /// What a failed attempt costs an endpoint in the balancer's eyes, at least.
+    failure_cost: Duration,
     metrics: ListenerMetrics,
 }
 
@@ -64,6 +66,7 @@ impl Route {
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
             balancer: Balancer::new(policy),
             per_request: timeouts.per_request(),
+            failure_cost: timeouts.connect(),
             metrics,
         }
     }
@@ -136,7 +139,7 @@ impl Route {
             // The balancer learns each attempt's time on the endpoint it went to, failures
             // included: one whose connects time out must look slow, not untried, and the time
             // lost on it must not be charged to the endpoint that answered the retry.
-            endpoint.load.observe(sent_at.elapsed());
+            endpoint.load.observe_attempt(sent_at.elapsed(), matches!(sent, Ok(Ok(_))), self.failure_cost);
             let error = match sent {
                 Ok(Ok(sent)) => return Ok((sent, endpoint.clone())),
                 Ok(Err(error)) => error,

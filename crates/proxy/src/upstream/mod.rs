@@ -125,10 +125,16 @@ fn upstream(endpoint: SocketAddr, source: hyper::Error) -> ProxyError {
     ProxyError::Upstream { endpoint, source }
 }
 
-/// A copy of a body-less request, kept so that it can be sent again.
+/// A copy of a request that may be sent twice: idempotent (RFC 9110 §9.2.2, or carrying an
+/// `Idempotency-Key`) and without a body, so the copy is the whole request.
 fn replay_copy(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    use http::Method;
     use http_body::Body;
-    if !req.body().is_end_stream() {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) || req.headers().contains_key("idempotency-key");
+    if !idempotent || !req.body().is_end_stream() {
         return None;
     }
     let mut copy = Request::new(ProxyBody::empty());
@@ -139,18 +145,46 @@ fn replay_copy(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
     Some(copy)
 }
 
-/// Whether a failure on a reused connection means the peer closed it before answering.
+/// Whether a failure on a reused connection means the peer closed it, or refused the stream,
+/// before processing the request.
 fn closed_before_response(e: &hyper::Error) -> bool {
-    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+    if e.is_incomplete_message() || e.is_canceled() {
         return true;
     }
-    // HTTP/2: the peer refused the stream or went away before processing it.
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<std::io::Error>() {
-            return matches!(h2.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            // RFC 9113 §8.7: a refused stream, or one above a GOAWAY's last stream id, was
+            // not processed.
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away();
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
         }
         source = s.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: http::Method, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        req
+    }
+
+    #[test]
+    fn only_idempotent_body_less_requests_are_replayable() {
+        use http::Method;
+        assert!(replay_copy(&request(Method::GET, ProxyBody::empty())).is_some());
+        assert!(replay_copy(&request(Method::DELETE, ProxyBody::empty())).is_some());
+        assert!(replay_copy(&request(Method::POST, ProxyBody::empty())).is_none());
+        assert!(replay_copy(&request(Method::PUT, ProxyBody::full("x"))).is_none());
+        let mut keyed = request(Method::POST, ProxyBody::empty());
+        keyed.headers_mut().insert("idempotency-key", "k1".parse().unwrap());
+        assert!(replay_copy(&keyed).is_some());
+    }
 }
