@@ -95,7 +95,8 @@ async fn p2c_ewma_avoids_a_slow_backend_that_round_robin_keeps_feeding() {
 #[tokio::test]
 async fn p2c_ewma_learns_from_connect_timeouts_and_avoids_an_unreachable_endpoint() {
     // Two backends and an endpoint whose handshake never completes: each request that tries it
-    // first waits for the connect timeout, then goes to another endpoint.
+    // first waits for the connect timeout, then goes to another endpoint. Outlier detection is
+    // off, so what is measured is what the balancer itself learns.
     const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
     const N: usize = 30;
     let live = backends(&[0, 0]).await;
@@ -110,7 +111,7 @@ async fn p2c_ewma_learns_from_connect_timeouts_and_avoids_an_unreachable_endpoin
     ] {
         yaml += &format!(
             "  - {{ dnsName: {name}, listen: 127.0.0.1:0, {protocol}loadBalancing: {policy}, endpoints: [{endpoints}], \
-             timeout: {{ connectTimeoutSeconds: {} }} }}\n",
+             timeout: {{ connectTimeoutSeconds: {} }}, outlierDetection: {{ consecutiveGatewayFailures: 0 }} }}\n",
             CONNECT_TIMEOUT.as_secs_f64()
         );
     }

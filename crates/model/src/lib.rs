@@ -10,5 +10,8 @@ pub mod proxy;
 mod source;
 
 pub use duration::Seconds;
-pub use proxy::{AppProtocol, Endpoint, Inbound, LoadBalancing, Outbound, ProxyConfig, Timeouts};
+pub use proxy::{
+    AppProtocol, Endpoint, Health, Inbound, Limits, LoadBalancing, Outbound, OutlierDetection, ProxyConfig,
+    RetryPolicy, Timeouts,
+};
 pub use source::{ConfigError, ConfigErrors, Source};

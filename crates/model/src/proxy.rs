@@ -94,6 +94,9 @@ pub struct Outbound {
     pub load_balancing: LoadBalancing,
     pub endpoints: Vec<Endpoint>,
     pub timeout: Timeouts,
+    pub retry_policy: RetryPolicy,
+    pub outlier_detection: OutlierDetection,
+    pub limits: Limits,
 }
 
 /// One place an outbound listener may send traffic.
@@ -102,6 +105,99 @@ pub struct Endpoint {
     pub address: SocketAddr,
     /// The address is another tether sidecar's inbound listener: HTTP travels to it as HTTP/2.
     pub mesh: bool,
+    /// Only HEALTHY endpoints get traffic, unless none is (then all do). Default HEALTHY.
+    pub health: Health,
+}
+
+/// An instance's health, as the registry knows it (design §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Health {
+    Starting,
+    #[default]
+    Healthy,
+    Unhealthy,
+    Draining,
+}
+
+/// When and how often a failed request is tried again (design §5).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Tries after the first, at most. Default 2; 0 disables retries.
+    pub max_retries: u32,
+    /// Response statuses that are retried (besides failures to connect or to get a response).
+    /// Default `[503]`.
+    pub retry_on: Vec<u16>,
+    /// Retries may add this percentage of the requests… Default 20.
+    pub budget_percent: f64,
+    /// …plus this many per second. Default 10.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_retries: 2, retry_on: vec![503], budget_percent: 20.0, budget_min_per_second: 10 }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all (a sidecar's inbound side: the caller's sidecar retries).
+    pub fn none() -> Self {
+        Self { max_retries: 0, retry_on: Vec::new(), budget_percent: 0.0, budget_min_per_second: 0 }
+    }
+}
+
+/// Ejecting endpoints that keep failing (design §5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Gateway failures in a row (connect failure, timeout, 502, 503, 504) that eject an
+    /// endpoint. Default 5; 0 disables ejection.
+    pub consecutive_gateway_failures: u32,
+    /// An ejection lasts this long × the number of times the endpoint was ejected. Default 30 s.
+    pub base_ejection_seconds: Seconds,
+    /// …but never longer than this. Default 300 s.
+    pub max_ejection_seconds: Seconds,
+    /// Never more than this percentage of the endpoints is ejected at once. Default 50.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_gateway_failures: 5,
+            base_ejection_seconds: Seconds::from_secs(30),
+            max_ejection_seconds: Seconds::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// Never eject (a route with one endpoint, such as an inbound listener's app).
+    pub fn disabled() -> Self {
+        Self { consecutive_gateway_failures: 0, ..Self::default() }
+    }
+}
+
+/// Bounds on what one outbound listener may ask of its endpoints; beyond them requests fail
+/// fast with 503 instead of queueing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Requests in flight to the endpoints, in all. Default 1024.
+    pub max_requests: u32,
+    /// Requests waiting for an HTTP/1 connection, in all. Default 1024.
+    pub max_pending_requests: u32,
+    /// Connections per endpoint. Default 1024.
+    pub max_connections: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_requests: 1024, max_pending_requests: 1024, max_connections: 1024 }
+    }
 }
 
 /// Timeouts of one listener; zero disables the idle and per-request timeouts.
@@ -167,6 +263,35 @@ struct RawOutbound {
     load_balancing: Option<LoadBalancing>,
     endpoints: Vec<RawEndpoint>,
     timeout: Option<RawTimeouts>,
+    retry_policy: Option<RawRetryPolicy>,
+    outlier_detection: Option<RawOutlierDetection>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawRetryPolicy {
+    max_retries: Option<u32>,
+    retry_on: Option<Vec<u16>>,
+    budget_percent: Option<f64>,
+    budget_min_per_second: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawOutlierDetection {
+    consecutive_gateway_failures: Option<u32>,
+    base_ejection_seconds: Option<f64>,
+    max_ejection_seconds: Option<f64>,
+    max_ejection_percent: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawLimits {
+    max_requests: Option<u32>,
+    max_pending_requests: Option<u32>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -177,10 +302,11 @@ struct RawTimeouts {
     connect_timeout_seconds: Option<f64>,
 }
 
-/// `"127.0.0.1:8080"` or `{ address: "127.0.0.1:8080", mesh: true }`.
+/// `"127.0.0.1:8080"` or `{ address: "127.0.0.1:8080", mesh: true, health: UNHEALTHY }`.
 struct RawEndpoint {
     address: String,
     mesh: bool,
+    health: Health,
 }
 
 impl<'de> Deserialize<'de> for RawEndpoint {
@@ -192,19 +318,20 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                 f.write_str("an address `HOST:PORT` or a mapping `{ address: HOST:PORT, mesh: true }`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
-                Ok(RawEndpoint { address: v.to_owned(), mesh: false })
+                Ok(RawEndpoint { address: v.to_owned(), mesh: false, health: Health::default() })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEndpoint, A::Error> {
-                let (mut address, mut mesh) = (None, false);
+                let (mut address, mut mesh, mut health) = (None, false, Health::default());
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "address" => address = Some(map.next_value::<String>()?),
                         "mesh" => mesh = map.next_value::<bool>()?,
-                        other => return Err(de::Error::unknown_field(other, &["address", "mesh"])),
+                        "health" => health = map.next_value::<Health>()?,
+                        other => return Err(de::Error::unknown_field(other, &["address", "mesh", "health"])),
                     }
                 }
                 let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
-                Ok(RawEndpoint { address, mesh })
+                Ok(RawEndpoint { address, mesh, health })
             }
         }
         d.deserialize_any(EndpointVisitor)
@@ -324,7 +451,7 @@ impl Validator<'_> {
                     format!("`{address}` is listed twice (also endpoints[{first}]); list each endpoint once"),
                 );
             }
-            endpoints.push(Endpoint { address, mesh: e.mesh });
+            endpoints.push(Endpoint { address, mesh: e.mesh, health: e.health });
         }
         let app_protocol = raw.app_protocol.unwrap_or(AppProtocol::Tcp);
         Outbound {
@@ -334,6 +461,92 @@ impl Validator<'_> {
             load_balancing: raw.load_balancing.unwrap_or_default(),
             endpoints,
             timeout: self.timeouts(&at("timeout"), raw.timeout, app_protocol),
+            retry_policy: self.retry_policy(&at("retryPolicy"), raw.retry_policy.unwrap_or_default()),
+            outlier_detection: self
+                .outlier_detection(&at("outlierDetection"), raw.outlier_detection.unwrap_or_default()),
+            limits: self.limits(&at("limits"), raw.limits.unwrap_or_default()),
+        }
+    }
+
+    fn retry_policy(&mut self, at: &str, raw: RawRetryPolicy) -> RetryPolicy {
+        let default = RetryPolicy::default();
+        let max_retries = raw.max_retries.unwrap_or(default.max_retries);
+        if max_retries > 10 {
+            self.fail(format!("{at}.maxRetries"), format!("{max_retries} is too many; expected 0 to 10"));
+        }
+        let retry_on = raw.retry_on.unwrap_or(default.retry_on);
+        for (i, status) in retry_on.iter().enumerate() {
+            if !(500..=599).contains(status) {
+                self.fail(
+                    format!("{at}.retryOn[{i}]"),
+                    format!("{status} is not retried; expected a 5xx status such as 503"),
+                );
+            }
+        }
+        let budget_percent = raw.budget_percent.unwrap_or(default.budget_percent);
+        if !(0.0..=100.0).contains(&budget_percent) {
+            self.fail(
+                format!("{at}.budgetPercent"),
+                format!("{budget_percent} is out of range; expected 0 to 100"),
+            );
+        }
+        RetryPolicy {
+            max_retries,
+            retry_on,
+            budget_percent,
+            budget_min_per_second: raw.budget_min_per_second.unwrap_or(10),
+        }
+    }
+
+    fn outlier_detection(&mut self, at: &str, raw: RawOutlierDetection) -> OutlierDetection {
+        let default = OutlierDetection::default();
+        let max_ejection_percent = raw.max_ejection_percent.unwrap_or(default.max_ejection_percent);
+        if max_ejection_percent > 100 {
+            self.fail(
+                format!("{at}.maxEjectionPercent"),
+                format!("{max_ejection_percent} is out of range; expected 0 to 100"),
+            );
+        }
+        let base = self.seconds(
+            &format!("{at}.baseEjectionSeconds"),
+            raw.base_ejection_seconds,
+            Seconds::from_secs(30),
+            3600.0,
+        );
+        let max = self.seconds(
+            &format!("{at}.maxEjectionSeconds"),
+            raw.max_ejection_seconds,
+            Seconds::from_secs(300),
+            86_400.0,
+        );
+        if max < base {
+            self.fail(
+                format!("{at}.maxEjectionSeconds"),
+                "is shorter than baseEjectionSeconds; make it at least as long",
+            );
+        }
+        OutlierDetection {
+            consecutive_gateway_failures: raw
+                .consecutive_gateway_failures
+                .unwrap_or(default.consecutive_gateway_failures),
+            base_ejection_seconds: base,
+            max_ejection_seconds: max,
+            max_ejection_percent,
+        }
+    }
+
+    fn limits(&mut self, at: &str, raw: RawLimits) -> Limits {
+        let mut limit = |field: &str, value: Option<u32>| {
+            let value = value.unwrap_or(Limits::default().max_requests);
+            if value == 0 {
+                self.fail(format!("{at}.{field}"), "must be at least 1; the default is 1024");
+            }
+            value.max(1)
+        };
+        Limits {
+            max_requests: limit("maxRequests", raw.max_requests),
+            max_pending_requests: limit("maxPendingRequests", raw.max_pending_requests),
+            max_connections: limit("maxConnections", raw.max_connections),
         }
     }
 

@@ -35,6 +35,8 @@ pub enum ProxyError {
     RequestTimeout { endpoint: SocketAddr, timeout: Duration },
     #[error("{endpoint} failed the request: {source}")]
     Upstream { endpoint: SocketAddr, source: hyper::Error },
+    #[error("refused: the limit {limit} ({max}) of `{target}` is reached")]
+    Overflow { target: String, limit: &'static str, max: u32 },
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
 }
@@ -52,6 +54,18 @@ impl ProxyError {
         matches!(self, Self::ConnectTimeout { .. } | Self::ConnectFailed { .. } | Self::Handshake { .. })
     }
 
+    /// Whether the failure says the endpoint is unreachable or failing (outlier detection).
+    pub fn is_gateway_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectTimeout { .. }
+                | Self::ConnectFailed { .. }
+                | Self::Handshake { .. }
+                | Self::RequestTimeout { .. }
+                | Self::Upstream { .. }
+        )
+    }
+
     fn status_and_cause(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NoEndpoints { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints"),
@@ -60,6 +74,7 @@ impl ProxyError {
             Self::Handshake { .. } => (StatusCode::BAD_GATEWAY, "handshake-failed"),
             Self::RequestTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-failed"),
+            Self::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overflow"),
             Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request"),
         }
     }

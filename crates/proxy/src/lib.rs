@@ -18,6 +18,7 @@ mod inbound;
 mod listener;
 mod metrics;
 mod outbound;
+mod resilience;
 mod tcp;
 mod upstream;
 

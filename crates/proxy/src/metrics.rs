@@ -23,6 +23,13 @@ struct TargetLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetStateLabels {
+    target_discovery_name: String,
+    service: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetResponseLabels {
     target_discovery_name: String,
     service: String,
@@ -44,6 +51,27 @@ pub struct Metrics {
     target_responses: Family<TargetResponseLabels, Counter>,
     target_bytes: Family<TargetLabels, Counter>,
     target_response_time: Family<TargetLabels, Histogram>,
+    target_retries: Family<TargetLabels, Counter>,
+    target_retry_budget_exhausted: Family<TargetLabels, Counter>,
+    target_ejections: Family<TargetLabels, Counter>,
+    target_overflows: Family<TargetLabels, Counter>,
+    target_no_healthy_endpoints: Family<TargetLabels, Counter>,
+    target_endpoints: Family<TargetStateLabels, Gauge>,
+}
+
+/// The resilience counters of one route. An inbound route's are not registered: it sends to
+/// its one app and never retries or ejects.
+#[derive(Clone, Default)]
+pub struct ResilienceMetrics {
+    pub retries: Counter,
+    pub retry_budget_exhausted: Counter,
+    pub ejections: Counter,
+    pub overflows: Counter,
+    /// Requests sent to an unusable endpoint because none was usable (HEALTHY_OR_ELSE_ALL).
+    pub no_healthy_endpoints: Counter,
+    pub endpoints_total: Gauge,
+    pub endpoints_healthy: Gauge,
+    pub endpoints_ejected: Gauge,
 }
 
 /// The handles one listener updates.
@@ -57,6 +85,7 @@ pub struct ListenerMetrics {
     /// 1xx to 5xx; index 0 is 1xx.
     pub responses: Option<[Counter; 5]>,
     pub response_time: Option<Histogram>,
+    pub resilience: ResilienceMetrics,
 }
 
 impl Metrics {
@@ -72,6 +101,12 @@ impl Metrics {
             target_responses: Family::default(),
             target_bytes: Family::default(),
             target_response_time: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            target_retries: Family::default(),
+            target_retry_budget_exhausted: Family::default(),
+            target_ejections: Family::default(),
+            target_overflows: Family::default(),
+            target_no_healthy_endpoints: Family::default(),
+            target_endpoints: Family::default(),
         };
         let r = registry;
         r.register("active_connections", "Open inbound connections", m.active_connections.clone());
@@ -87,6 +122,24 @@ impl Metrics {
             "Outbound time to response headers",
             m.target_response_time.clone(),
         );
+        r.register("target_retries", "Outbound retries", m.target_retries.clone());
+        r.register(
+            "target_retry_budget_exhausted",
+            "Retries not made because the retry budget was spent",
+            m.target_retry_budget_exhausted.clone(),
+        );
+        r.register("target_ejections", "Endpoints ejected by outlier detection", m.target_ejections.clone());
+        r.register("target_overflows", "Requests refused by a limit", m.target_overflows.clone());
+        r.register(
+            "target_no_healthy_endpoints",
+            "Requests sent to an unhealthy or ejected endpoint because none was usable",
+            m.target_no_healthy_endpoints.clone(),
+        );
+        r.register(
+            "target_endpoints",
+            "Endpoints by state (total, healthy, ejected)",
+            m.target_endpoints.clone(),
+        );
         m
     }
 
@@ -100,11 +153,20 @@ impl Metrics {
             bytes: self.processed_bytes.get_or_create(&l).clone(),
             responses: None,
             response_time: None,
+            resilience: ResilienceMetrics::default(),
         }
     }
 
     pub fn outbound(&self, target: &str) -> ListenerMetrics {
         let l = TargetLabels { target_discovery_name: target.to_owned(), service: self.service.clone() };
+        let state = |state| {
+            let labels = TargetStateLabels {
+                target_discovery_name: target.to_owned(),
+                service: self.service.clone(),
+                state,
+            };
+            self.target_endpoints.get_or_create(&labels).clone()
+        };
         let class = |code_class| {
             let labels = TargetResponseLabels {
                 target_discovery_name: target.to_owned(),
@@ -121,6 +183,16 @@ impl Metrics {
             bytes: self.target_bytes.get_or_create(&l).clone(),
             responses: Some([class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")]),
             response_time: Some(self.target_response_time.get_or_create(&l).clone()),
+            resilience: ResilienceMetrics {
+                retries: self.target_retries.get_or_create(&l).clone(),
+                retry_budget_exhausted: self.target_retry_budget_exhausted.get_or_create(&l).clone(),
+                ejections: self.target_ejections.get_or_create(&l).clone(),
+                overflows: self.target_overflows.get_or_create(&l).clone(),
+                no_healthy_endpoints: self.target_no_healthy_endpoints.get_or_create(&l).clone(),
+                endpoints_total: state("total"),
+                endpoints_healthy: state("healthy"),
+                endpoints_ejected: state("ejected"),
+            },
         }
     }
 }

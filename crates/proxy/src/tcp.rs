@@ -19,32 +19,55 @@ use tracing::debug;
 use crate::balance::{Balancer, Load};
 use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
+use crate::resilience::{Outcome, Outliers};
 use crate::upstream::connect;
-use tether_model::{LoadBalancing, Timeouts};
+use tether_model::{LoadBalancing, OutlierDetection, Timeouts};
 
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 pub struct TcpRoute {
     name: String,
-    endpoints: Vec<(SocketAddr, Load)>,
+    endpoints: Vec<TcpEndpoint>,
     balancer: Balancer,
+    outliers: Outliers,
     connect_timeout: Duration,
     idle: Option<Duration>,
     metrics: ListenerMetrics,
 }
 
+struct TcpEndpoint {
+    addr: SocketAddr,
+    healthy: bool,
+    load: Load,
+}
+
 impl TcpRoute {
+    /// `endpoints`: each address, and whether it is healthy.
     pub fn new(
         name: String,
-        endpoints: Vec<SocketAddr>,
+        endpoints: Vec<(SocketAddr, bool)>,
         policy: LoadBalancing,
         timeouts: &Timeouts,
+        outlier_detection: OutlierDetection,
         metrics: ListenerMetrics,
     ) -> Self {
+        let r = &metrics.resilience;
+        r.endpoints_total.set(endpoints.len() as i64);
+        r.endpoints_healthy.set(endpoints.iter().filter(|e| e.1).count() as i64);
+        let outliers = Outliers::new(
+            outlier_detection,
+            endpoints.len(),
+            r.ejections.clone(),
+            r.endpoints_ejected.clone(),
+        );
         Self {
             name,
-            endpoints: endpoints.into_iter().map(|a| (a, Load::new())).collect(),
+            endpoints: endpoints
+                .into_iter()
+                .map(|(addr, healthy)| TcpEndpoint { addr, healthy, load: Load::new() })
+                .collect(),
             balancer: Balancer::new(policy),
+            outliers,
             connect_timeout: timeouts.connect(),
             idle: timeouts.idle(),
             metrics,
@@ -61,8 +84,7 @@ impl TcpRoute {
                 return;
             }
         };
-        let load = &self.endpoints[i].1;
-        let _outstanding = load.start();
+        let _outstanding = self.endpoints[i].load.start();
         let activity = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let mut down = Tracked::new(downstream, &self.metrics.bytes, &activity, epoch);
@@ -83,21 +105,31 @@ impl TcpRoute {
         }
     }
 
+    /// Connects to a usable endpoint, trying others (at most three in all) when connecting fails.
     async fn connect(&self) -> Result<(TcpStream, usize), ProxyError> {
         let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
         loop {
-            let cost = |i: usize| self.endpoints[i].1.cost();
-            let Some(i) = self.balancer.pick(self.endpoints.len(), cost, &tried) else {
+            let cost = |i: usize| self.endpoints[i].load.cost();
+            let usable = |i: usize| self.endpoints[i].healthy && !self.outliers.is_ejected(i);
+            let Some(choice) = self.balancer.pick(self.endpoints.len(), cost, usable, &tried) else {
                 return Err(ProxyError::NoEndpoints { target: self.name.clone() });
             };
-            let (addr, load) = &self.endpoints[i];
+            if choice.fell_back {
+                self.metrics.resilience.no_healthy_endpoints.inc();
+            }
+            let i = choice.index;
+            let endpoint = &self.endpoints[i];
             let start = Instant::now();
-            let connected = connect(*addr, self.connect_timeout).await;
+            let connected = connect(endpoint.addr, self.connect_timeout).await;
             // A connect that failed or timed out is latency too (see http::Route::forward).
-            load.observe_attempt(start.elapsed(), connected.is_ok(), self.connect_timeout);
+            endpoint.load.observe_attempt(start.elapsed(), connected.is_ok(), self.connect_timeout);
             match connected {
-                Ok(stream) => return Ok((stream, i)),
+                Ok(stream) => {
+                    self.outliers.record(i, Outcome::Success);
+                    return Ok((stream, i));
+                }
                 Err(error) => {
+                    self.outliers.record(i, Outcome::GatewayFailure);
                     tried.push(i);
                     if tried.len() >= MAX_CONNECT_ATTEMPTS.min(self.endpoints.len()) {
                         return Err(error);

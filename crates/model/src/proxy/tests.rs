@@ -36,7 +36,14 @@ fn parses_a_full_config_with_defaults() {
     assert_eq!(api.timeout.idle(), Some(Duration::from_secs(300)));
     let pay = &c.outbound[0];
     assert_eq!(pay.load_balancing, LoadBalancing::P2cEwma);
-    assert_eq!(pay.endpoints[1], Endpoint { address: "127.0.0.1:18082".parse().unwrap(), mesh: true });
+    assert_eq!(
+        pay.endpoints[1],
+        Endpoint { address: "127.0.0.1:18082".parse().unwrap(), mesh: true, health: Health::Healthy }
+    );
+    assert_eq!(pay.retry_policy.max_retries, 2);
+    assert_eq!(pay.retry_policy.retry_on, [503]);
+    assert_eq!(pay.outlier_detection.consecutive_gateway_failures, 5);
+    assert_eq!(pay.limits.max_requests, 1024);
     assert_eq!(pay.timeout.idle(), None, "0 disables the idle timeout");
     assert_eq!(pay.timeout.per_request(), Some(Duration::from_millis(2500)));
     assert_eq!(pay.timeout.connect(), Duration::from_secs(1));
@@ -137,4 +144,29 @@ fn effective_config_serializes_with_defaults() {
     assert_eq!(json["outbound"][0]["timeout"]["perRequestTimeoutSeconds"], 2.5);
     assert_eq!(json["inbound"][0]["timeout"]["idleTimeoutSeconds"], 300.0);
     assert_eq!(json["outbound"][0]["loadBalancing"], "p2c-ewma");
+}
+
+#[test]
+fn resilience_settings_are_validated() {
+    let text = GOOD.to_owned()
+        + "    retryPolicy: { maxRetries: 11, retryOn: [404] }\n    outlierDetection: { maxEjectionPercent: 120 }\n    limits: { maxRequests: 0 }\n";
+    let fields: Vec<_> = errors(&text).into_iter().map(|e| e.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "outbound[1].retryPolicy.maxRetries",
+            "outbound[1].retryPolicy.retryOn[0]",
+            "outbound[1].outlierDetection.maxEjectionPercent",
+            "outbound[1].limits.maxRequests",
+        ]
+    );
+}
+
+#[test]
+fn endpoint_health_is_read() {
+    let c = ProxyConfig::parse("proxy.yaml", &GOOD.replace("mesh: true", "mesh: true, health: UNHEALTHY"))
+        .unwrap();
+    assert_eq!(c.outbound[0].endpoints[1].health, Health::Unhealthy);
+    let e = only_error(&GOOD.replace("mesh: true", "mesh: true, health: SICK"));
+    assert!(e.message.contains("HEALTHY"), "{e}");
 }

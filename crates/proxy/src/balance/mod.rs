@@ -13,33 +13,72 @@ pub struct Balancer {
     next: AtomicUsize,
 }
 
+/// The endpoint picked, and whether it was picked although not usable because none was
+/// (HEALTHY_OR_ELSE_ALL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub index: usize,
+    pub fell_back: bool,
+}
+
 impl Balancer {
     pub fn new(policy: LoadBalancing) -> Self {
         Self { policy, next: AtomicUsize::new(0) }
     }
 
-    /// Picks one of `n` endpoints whose costs `cost(i)` gives, skipping the indices in `avoid`
-    /// when any other is left. Returns the index.
-    pub fn pick(&self, n: usize, cost: impl Fn(usize) -> f64, avoid: &[usize]) -> Option<usize> {
-        let usable = n - avoid.iter().filter(|&&i| i < n).count();
-        if usable == 0 {
-            return (n > 0).then(|| self.next.fetch_add(1, Ordering::Relaxed) % n);
+    /// Picks one of `n` endpoints. `cost(i)` is an endpoint's load, `usable(i)` whether it may
+    /// get traffic (healthy, not ejected); `avoid` lists endpoints already tried. In order of
+    /// preference: usable and untried, usable, untried, any.
+    pub fn pick(
+        &self,
+        n: usize,
+        cost: impl Fn(usize) -> f64,
+        usable: impl Fn(usize) -> bool,
+        avoid: &[usize],
+    ) -> Option<Choice> {
+        if n == 0 {
+            return None;
         }
-        let nth_usable = |k: usize| (0..n).filter(|i| !avoid.contains(i)).nth(k);
-        match (self.policy, usable) {
-            (_, 1) => nth_usable(0),
-            (LoadBalancing::RoundRobin, _) => nth_usable(self.next.fetch_add(1, Ordering::Relaxed) % usable),
-            (LoadBalancing::P2cEwma, _) => {
-                let a = fastrand::usize(..usable);
-                let mut b = fastrand::usize(..usable - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (nth_usable(a)?, nth_usable(b)?);
-                Some(if cost(a) <= cost(b) { a } else { b })
+        let untried = |i: usize| !avoid.contains(&i);
+        if let Some(index) = self.pick_among(n, &cost, &|i| usable(i) && untried(i)) {
+            return Some(Choice { index, fell_back: false });
+        }
+        if let Some(index) = self.pick_among(n, &cost, &usable) {
+            return Some(Choice { index, fell_back: false });
+        }
+        let index = self.pick_among(n, &cost, &untried).or_else(|| self.pick_among(n, &cost, &|_| true))?;
+        Some(Choice { index, fell_back: true })
+    }
+
+    fn pick_among(&self, n: usize, cost: &dyn Fn(usize) -> f64, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
+        match self.policy {
+            LoadBalancing::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+            }
+            LoadBalancing::P2cEwma => {
+                let a = sample(n, ok, None)?;
+                Some(match sample(n, ok, Some(a)) {
+                    Some(b) if cost(b) < cost(a) => b,
+                    _ => a,
+                })
             }
         }
     }
+}
+
+/// A uniformly random index in `0..n` that `ok` accepts, other than `except`.
+fn sample(n: usize, ok: &dyn Fn(usize) -> bool, except: Option<usize>) -> Option<usize> {
+    let fits = |i: usize| Some(i) != except && ok(i);
+    // Usually most endpoints fit: a few random draws find one without scanning.
+    for _ in 0..8 {
+        let i = fastrand::usize(..n);
+        if fits(i) {
+            return Some(i);
+        }
+    }
+    let count = (0..n).filter(|&i| fits(i)).count();
+    (count > 0).then(|| (0..n).filter(|&i| fits(i)).nth(fastrand::usize(..count))).flatten()
 }
 
 #[cfg(test)]
@@ -52,7 +91,7 @@ mod tests {
         let b = Balancer::new(policy);
         let mut counts = vec![0; loads.len()];
         for _ in 0..picks {
-            counts[b.pick(loads.len(), |i| loads[i].cost(), &[]).unwrap()] += 1;
+            counts[b.pick(loads.len(), |i| loads[i].cost(), |_| true, &[]).unwrap().index] += 1;
         }
         counts
     }
@@ -93,14 +132,32 @@ mod tests {
     fn avoid_skips_endpoints_unless_none_is_left() {
         let loads = [Load::new(), Load::new(), Load::new()];
         let cost = |i: usize| loads[i].cost();
+        let all = |_| true;
         for policy in [LoadBalancing::P2cEwma, LoadBalancing::RoundRobin] {
             let b = Balancer::new(policy);
             for _ in 0..50 {
-                assert_eq!(b.pick(3, cost, &[0, 2]), Some(1));
-                assert_ne!(b.pick(3, cost, &[1]), Some(1));
+                assert_eq!(b.pick(3, cost, all, &[0, 2]).map(|c| c.index), Some(1));
+                assert_ne!(b.pick(3, cost, all, &[1]).map(|c| c.index), Some(1));
             }
-            assert!(b.pick(3, cost, &[0, 1, 2]).is_some());
-            assert_eq!(b.pick(0, cost, &[]), None);
+            assert!(b.pick(3, cost, all, &[0, 1, 2]).is_some_and(|c| !c.fell_back));
+            assert_eq!(b.pick(0, cost, all, &[]), None);
+        }
+    }
+
+    #[test]
+    fn unusable_endpoints_get_traffic_only_when_none_is_usable() {
+        let loads = [Load::new(), Load::new(), Load::new()];
+        let cost = |i: usize| loads[i].cost();
+        for policy in [LoadBalancing::P2cEwma, LoadBalancing::RoundRobin] {
+            let b = Balancer::new(policy);
+            for _ in 0..50 {
+                let c = b.pick(3, cost, |i| i == 1, &[]).unwrap();
+                assert_eq!((c.index, c.fell_back), (1, false));
+                // A retry prefers the usable endpoint it already tried over unusable ones.
+                assert_eq!(b.pick(3, cost, |i| i == 1, &[1]).unwrap().index, 1);
+                let c = b.pick(3, cost, |_| false, &[0]).unwrap();
+                assert!(c.fell_back && c.index != 0, "{c:?}");
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The HTTP path shared by inbound and outbound listeners: a [`Route`] picks an endpoint,
-//! rewrites the request for the endpoint's HTTP version, sends it within the per-request
-//! timeout and streams the response back.
+//! The HTTP path shared by inbound and outbound listeners: a [`Route`] admits a request within
+//! its limits, picks a usable endpoint, rewrites the request for the endpoint's HTTP version,
+//! sends it within the per-request timeout, retries what is safe to retry, and streams the
+//! response back.
 
 mod headers;
 pub mod server;
@@ -8,38 +9,51 @@ pub mod server;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response, Version};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tether_model::{Limits, LoadBalancing, OutlierDetection, RetryPolicy, Timeouts};
 use tokio::time::Instant;
 
 use crate::balance::{Balancer, Load};
 use crate::body::{OnEnd, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
-use crate::upstream::{HttpClient, Pooled, SendError, Sent};
+use crate::resilience::{Outcome, Outliers, RetryBudget};
+use crate::upstream::{self, ClientConfig, HttpClient, Pooled, SendError, Sent};
 use server::ActiveRequest;
-use tether_model::{LoadBalancing, Timeouts};
 
-/// How many endpoints a request may be offered to when connecting fails (it never left).
-const MAX_CONNECT_ATTEMPTS: usize = 3;
+/// Request bodies up to this size, with a known length, are kept so the request can be retried.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 /// One endpoint reachable over HTTP, with what the balancer knows of it.
 pub struct HttpEndpoint {
     addr: SocketAddr,
     version: Version,
+    healthy: bool,
     load: Load,
     client: HttpClient,
 }
 
 impl HttpEndpoint {
-    /// `http2`: the endpoint speaks HTTP/2 (an h2c app, or another tether sidecar).
-    pub fn new(addr: SocketAddr, http2: bool, timeouts: &Timeouts) -> Self {
-        let version = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        let client = HttpClient::new(addr, http2, timeouts.connect(), timeouts.idle());
-        Self { addr, version, load: Load::new(), client }
+    pub fn new(addr: SocketAddr, healthy: bool, client: ClientConfig) -> Self {
+        let version = if client.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        Self { addr, version, healthy, load: Load::new(), client: HttpClient::new(addr, client) }
     }
+}
+
+/// How a route treats its endpoints.
+pub struct RouteSettings {
+    pub policy: LoadBalancing,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub outlier_detection: OutlierDetection,
+    pub limits: Limits,
 }
 
 /// Where the requests of one listener go.
@@ -50,6 +64,11 @@ pub struct Route {
     per_request: Option<Duration>,
     /// What a failed attempt costs an endpoint in the balancer's eyes, at least.
     failure_cost: Duration,
+    retry: RetryPolicy,
+    budget: RetryBudget,
+    outliers: Outliers,
+    max_requests: u32,
+    in_flight: Arc<AtomicU32>,
     metrics: ListenerMetrics,
 }
 
@@ -57,16 +76,29 @@ impl Route {
     pub fn new(
         name: String,
         endpoints: Vec<HttpEndpoint>,
-        policy: LoadBalancing,
-        timeouts: &Timeouts,
+        settings: RouteSettings,
         metrics: ListenerMetrics,
     ) -> Self {
+        let r = &metrics.resilience;
+        r.endpoints_total.set(endpoints.len() as i64);
+        r.endpoints_healthy.set(endpoints.iter().filter(|e| e.healthy).count() as i64);
+        let outliers = Outliers::new(
+            settings.outlier_detection,
+            endpoints.len(),
+            r.ejections.clone(),
+            r.endpoints_ejected.clone(),
+        );
         Self {
             name,
             endpoints: endpoints.into_iter().map(Arc::new).collect(),
-            balancer: Balancer::new(policy),
-            per_request: timeouts.per_request(),
-            failure_cost: timeouts.connect(),
+            balancer: Balancer::new(settings.policy),
+            per_request: settings.timeouts.per_request(),
+            failure_cost: settings.timeouts.connect(),
+            budget: RetryBudget::new(settings.retry.budget_percent, settings.retry.budget_min_per_second),
+            retry: settings.retry,
+            outliers,
+            max_requests: settings.limits.max_requests,
+            in_flight: Arc::new(AtomicU32::new(0)),
             metrics,
         }
     }
@@ -87,8 +119,16 @@ impl Route {
         let deadline = self.per_request.map(|t| start + t);
         let downstream = req.version();
         let req = req.map(|body| ProxyBody::incoming(body).count_bytes(m.bytes.clone()));
-        match self.forward(req, deadline).await {
-            Ok((sent, endpoint)) => {
+        let result = match self.admit() {
+            Some(in_flight) => self.forward(req, deadline).await.map(|sent| (sent, in_flight)),
+            None => Err(ProxyError::Overflow {
+                target: self.name.clone(),
+                limit: "maxRequests",
+                max: self.max_requests,
+            }),
+        };
+        match result {
+            Ok(((sent, endpoint), in_flight)) => {
                 let rtt = start.elapsed();
                 if let Some(h) = &m.response_time {
                     h.observe(rtt.as_secs_f64());
@@ -96,7 +136,7 @@ impl Route {
                 let Sent { mut response, pooled } = sent;
                 headers::for_downstream(&mut response, downstream);
                 m.response(response.status());
-                let release = Release { endpoint, pooled, _active: active };
+                let release = Release { endpoint, pooled, _in_flight: in_flight, _active: active };
                 Ok(response.map(|body| {
                     ProxyBody::incoming(body)
                         .count_bytes(m.bytes.clone())
@@ -106,6 +146,9 @@ impl Route {
             }
             Err(error) => {
                 tracing::debug!(route = %self.name, %error, "request failed");
+                if matches!(error, ProxyError::Overflow { .. }) {
+                    m.resilience.overflows.inc();
+                }
                 let response = error.response();
                 m.response(response.status());
                 Ok(response)
@@ -113,18 +156,40 @@ impl Route {
         }
     }
 
+    /// Counts a request in flight, unless `maxRequests` are already.
+    fn admit(&self) -> Option<InFlight> {
+        let max = self.max_requests;
+        let admitted =
+            self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
+        admitted.is_ok().then(|| InFlight(self.in_flight.clone()))
+    }
+
+    /// Sends `req` to an endpoint, and again to another one when that is safe and the retry
+    /// budget allows: a request that never left, or an idempotent one whose body is kept.
     async fn forward(
         &self,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
         deadline: Option<Instant>,
     ) -> Result<(Sent, Arc<HttpEndpoint>), ProxyError> {
+        self.budget.request();
         let authority = headers::authority(&req);
-        let mut tried = [usize::MAX; MAX_CONNECT_ATTEMPTS];
-        for attempt in 0..MAX_CONNECT_ATTEMPTS {
-            let Some(i) = self.pick(&tried[..attempt]) else {
+        let (mut unsent, replay) = self.keep_for_replay(req, deadline).await?;
+        let attempts = 1 + self.retry.max_retries as usize;
+        let mut tried = Vec::with_capacity(attempts);
+        loop {
+            let mut req = match (unsent.take(), &replay) {
+                (Some(req), _) => req,
+                (None, Some(replay)) => replay.request(),
+                (None, None) => unreachable!("a request that cannot be sent again is never retried"),
+            };
+            let Some(choice) = self.pick(&tried) else {
                 return Err(ProxyError::NoEndpoints { target: self.name.clone() });
             };
-            tried[attempt] = i;
+            if choice.fell_back {
+                self.metrics.resilience.no_healthy_endpoints.inc();
+            }
+            let i = choice.index;
+            tried.push(i);
             let endpoint = &self.endpoints[i];
             let authority = authority.clone().unwrap_or_else(|| {
                 endpoint.addr.to_string().parse().expect("a socket address is an authority")
@@ -140,32 +205,127 @@ impl Route {
             // included: one whose connects time out must look slow, not untried, and the time
             // lost on it must not be charged to the endpoint that answered the retry.
             endpoint.load.observe_attempt(sent_at.elapsed(), matches!(sent, Ok(Ok(_))), self.failure_cost);
-            let error = match sent {
-                Ok(Ok(sent)) => return Ok((sent, endpoint.clone())),
-                Ok(Err(error)) => error,
+            let retries_left = tried.len() < attempts;
+            match sent {
+                Ok(Ok(sent)) => {
+                    let status = sent.response.status();
+                    self.outliers.record(i, outcome_of(status));
+                    let retry = self.retry.retry_on.contains(&status.as_u16()) && replay.is_some();
+                    if retry && retries_left && self.take_retry() {
+                        endpoint.load.finish();
+                        tracing::debug!(route = %self.name, endpoint = %endpoint.addr, %status, "retrying");
+                        continue;
+                    }
+                    return Ok((sent, endpoint.clone()));
+                }
                 Err(_elapsed) => {
                     endpoint.load.finish();
+                    self.outliers.record(i, Outcome::GatewayFailure);
                     let timeout = self.per_request.unwrap_or_default();
                     return Err(ProxyError::RequestTimeout { endpoint: endpoint.addr, timeout });
                 }
-            };
-            endpoint.load.finish();
-            match error {
-                SendError { error, request: Some(unsent) } if error.never_sent() => {
-                    tracing::debug!(route = %self.name, %error, "trying another endpoint");
-                    req = unsent;
-                    if attempt + 1 == MAX_CONNECT_ATTEMPTS || attempt + 1 >= self.endpoints.len() {
-                        return Err(error);
+                Ok(Err(SendError { error, request })) => {
+                    endpoint.load.finish();
+                    if error.is_gateway_failure() {
+                        self.outliers.record(i, Outcome::GatewayFailure);
                     }
+                    // A request handed back unsent may go anywhere, whatever its method; one
+                    // that may have reached the app only as a kept copy (idempotent, small
+                    // body). A limit's refusal is never retried: it sheds load.
+                    let retryable = match (&request, &error) {
+                        (_, ProxyError::Overflow { .. }) => false,
+                        (Some(_), _) => true,
+                        (None, error) => replay.is_some() && error.is_gateway_failure(),
+                    };
+                    if retryable && retries_left && self.take_retry() {
+                        tracing::debug!(route = %self.name, %error, "retrying on another endpoint");
+                        unsent = request;
+                        continue;
+                    }
+                    return Err(error);
                 }
-                SendError { error, .. } => return Err(error),
             }
         }
-        unreachable!("the last attempt returns")
     }
 
-    fn pick(&self, avoid: &[usize]) -> Option<usize> {
-        self.balancer.pick(self.endpoints.len(), |i| self.endpoints[i].load.cost(), avoid)
+    /// Splits `req` into what the first attempt sends and, when the request may be sent more
+    /// than once, a copy to send again: idempotent, with a body of known length up to
+    /// [`MAX_REPLAY_BODY`], which is read whole first.
+    async fn keep_for_replay(
+        &self,
+        req: Request<ProxyBody>,
+        deadline: Option<Instant>,
+    ) -> Result<(Option<Request<ProxyBody>>, Option<Replay>), ProxyError> {
+        let small = req.body().size_hint().exact().is_some_and(|n| n <= MAX_REPLAY_BODY);
+        if self.retry.max_retries == 0 || !upstream::is_idempotent(&req) || !small {
+            return Ok((Some(req), None));
+        }
+        let (parts, body) = req.into_parts();
+        let collect = body.collect();
+        let body = match deadline {
+            Some(at) => {
+                tokio::time::timeout_at(at, collect).await.map_err(|_| ProxyError::RequestTimeout {
+                    endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    timeout: self.per_request.unwrap_or_default(),
+                })?
+            }
+            None => collect.await,
+        }
+        .map_err(|_| ProxyError::BadRequest { reason: "the request body could not be read" })?
+        .to_bytes();
+        let replay = Replay {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        };
+        Ok((None, Some(replay)))
+    }
+
+    fn take_retry(&self) -> bool {
+        let r = &self.metrics.resilience;
+        if self.budget.try_retry() {
+            r.retries.inc();
+            true
+        } else {
+            r.retry_budget_exhausted.inc();
+            false
+        }
+    }
+
+    fn pick(&self, tried: &[usize]) -> Option<crate::balance::Choice> {
+        let usable = |i: usize| self.endpoints[i].healthy && !self.outliers.is_ejected(i);
+        self.balancer.pick(self.endpoints.len(), |i| self.endpoints[i].load.cost(), usable, tried)
+    }
+}
+
+/// What outlier detection learns from a response.
+fn outcome_of(status: StatusCode) -> Outcome {
+    match status.as_u16() {
+        502..=504 => Outcome::GatewayFailure,
+        500..=599 => Outcome::Neutral,
+        _ => Outcome::Success,
+    }
+}
+
+/// A request kept whole so that it can be sent again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    fn request(&self) -> Request<ProxyBody> {
+        let mut req = Request::new(ProxyBody::full(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }
 
@@ -175,11 +335,22 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// What a response holds until its body has been read: the endpoint's outstanding count, the
-/// downstream connection's activity and, for HTTP/1, the upstream connection.
+/// A request counted against `maxRequests` until dropped.
+struct InFlight(Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a response holds until its body has been read: the route's in-flight count, the
+/// endpoint's outstanding count, the downstream connection's activity and, for HTTP/1, the
+/// upstream connection.
 struct Release {
     endpoint: Arc<HttpEndpoint>,
     pooled: Option<Pooled>,
+    _in_flight: InFlight,
     _active: ActiveRequest,
 }
 

@@ -7,15 +7,19 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{Connections, Sent, connect};
+use super::{ClientConfig, Connections, Pending, Sent, connect};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 
 /// Idle connections kept per endpoint at the most.
 const MAX_IDLE: usize = 512;
+/// The largest response head read from an endpoint (design §5: 64 KiB of headers); a larger
+/// one fails the request with 502.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Idle HTTP/1 connections to one endpoint.
 #[derive(Clone)]
@@ -26,6 +30,11 @@ struct PoolInner {
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     idle: Mutex<Vec<Idle>>,
+    /// One per open connection, held by its task: `maxConnections`.
+    permits: Arc<Semaphore>,
+    /// Woken when a connection goes back to the pool, for requests waiting for one.
+    returned: Notify,
+    pending: Arc<Pending>,
 }
 
 struct Idle {
@@ -41,15 +50,62 @@ pub struct Pooled {
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration, idle_timeout: Option<Duration>) -> Self {
-        Self(Arc::new(PoolInner { addr, connect_timeout, idle_timeout, idle: Mutex::new(Vec::new()) }))
+    pub fn new(addr: SocketAddr, config: ClientConfig) -> Self {
+        Self(Arc::new(PoolInner {
+            addr,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(config.max_connections as usize)),
+            returned: Notify::new(),
+            pending: config.pending,
+        }))
     }
 
     fn checkin(&self, tx: SendRequest<ProxyBody>) {
         let mut idle = self.0.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle { tx, since: Instant::now() });
+            drop(idle);
+            self.0.returned.notify_one();
         }
+    }
+
+    /// Every connection is busy and no more may be opened: waits, as one of at most
+    /// `maxPendingRequests`, for one to come back or to close.
+    async fn wait_for_connection(&self) -> Result<SendRequest<ProxyBody>, ProxyError> {
+        let _waiting = self.0.pending.enter()?;
+        loop {
+            let returned = self.0.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(tx) = self.reuse() {
+                return Ok(tx);
+            }
+            tokio::select! {
+                () = returned => {}
+                permit = self.0.permits.clone().acquire_owned() => {
+                    return self.connect(permit.expect("the semaphore is never closed")).await;
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<SendRequest<ProxyBody>, ProxyError> {
+        let addr = self.0.addr;
+        let io = TokioIo::new(connect(addr, self.0.connect_timeout).await?);
+        let (tx, conn) = Builder::new()
+            .max_buf_size(MAX_RESPONSE_HEAD)
+            .handshake(io)
+            .await
+            .map_err(|source| ProxyError::Handshake { endpoint: addr, source })?;
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(error) = conn.await {
+                debug!(endpoint = %addr, %error, "upstream connection ended");
+            }
+        });
+        Ok(tx)
     }
 }
 
@@ -73,18 +129,10 @@ impl Connections for Pool {
     }
 
     async fn open(&self) -> Result<Self::Conn, ProxyError> {
-        let addr = self.0.addr;
-        let io = TokioIo::new(connect(addr, self.0.connect_timeout).await?);
-        let (tx, conn) = Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|source| ProxyError::Handshake { endpoint: addr, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(endpoint = %addr, %error, "upstream connection ended");
-            }
-        });
-        Ok(tx)
+        match self.0.permits.clone().try_acquire_owned() {
+            Ok(permit) => self.connect(permit).await,
+            Err(_) => self.wait_for_connection().await,
+        }
     }
 
     fn try_send(

@@ -9,6 +9,8 @@ mod http1;
 mod http2;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -39,12 +41,58 @@ pub struct SendError {
     pub request: Option<Request<ProxyBody>>,
 }
 
+/// Requests of one route waiting for an HTTP/1 connection, bounded by `maxPendingRequests`.
+pub struct Pending {
+    target: String,
+    waiting: AtomicU32,
+    max: u32,
+}
+
+/// Counts one waiting request until dropped.
+pub struct Waiting<'a>(&'a Pending);
+
+impl Pending {
+    pub fn new(target: &str, max: u32) -> Self {
+        Self { target: target.to_owned(), waiting: AtomicU32::new(0), max }
+    }
+
+    fn enter(&self) -> Result<Waiting<'_>, ProxyError> {
+        let entered = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
+        match entered {
+            Ok(_) => Ok(Waiting(self)),
+            Err(_) => Err(ProxyError::Overflow {
+                target: self.target.clone(),
+                limit: "maxPendingRequests",
+                max: self.max,
+            }),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How one endpoint is reached.
+pub struct ClientConfig {
+    pub http2: bool,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/1 connections at the most (HTTP/2 uses one).
+    pub max_connections: u32,
+    pub pending: Arc<Pending>,
+}
+
 impl HttpClient {
-    pub fn new(addr: SocketAddr, http2: bool, connect_timeout: Duration, idle: Option<Duration>) -> Self {
-        if http2 {
-            Self::Http2(http2::Shared::new(addr, connect_timeout))
+    pub fn new(addr: SocketAddr, config: ClientConfig) -> Self {
+        if config.http2 {
+            Self::Http2(http2::Shared::new(addr, config.connect_timeout))
         } else {
-            Self::Http1(http1::Pool::new(addr, connect_timeout, idle))
+            Self::Http1(http1::Pool::new(addr, config))
         }
     }
 
@@ -125,16 +173,21 @@ fn upstream(endpoint: SocketAddr, source: hyper::Error) -> ProxyError {
     ProxyError::Upstream { endpoint, source }
 }
 
-/// A copy of a request that may be sent twice: idempotent (RFC 9110 §9.2.2, or carrying an
-/// `Idempotency-Key`) and without a body, so the copy is the whole request.
-fn replay_copy(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+/// Whether sending `req` twice has the effect of sending it once: an idempotent method
+/// (RFC 9110 §9.2.2) or an `Idempotency-Key` header.
+pub fn is_idempotent<B>(req: &Request<B>) -> bool {
     use http::Method;
-    use http_body::Body;
-    let idempotent = matches!(
+    matches!(
         *req.method(),
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || req.headers().contains_key("idempotency-key");
-    if !idempotent || !req.body().is_end_stream() {
+    ) || req.headers().contains_key("idempotency-key")
+}
+
+/// A copy of a request that may be sent twice: idempotent and without a body, so the copy is
+/// the whole request.
+fn replay_copy(req: &Request<ProxyBody>) -> Option<Request<ProxyBody>> {
+    use http_body::Body;
+    if !is_idempotent(req) || !req.body().is_end_stream() {
         return None;
     }
     let mut copy = Request::new(ProxyBody::empty());
