@@ -33,6 +33,8 @@ pub enum ProxyError {
     Handshake { endpoint: SocketAddr, source: hyper::Error },
     #[error("no response from {endpoint} within the per-request timeout of {timeout:?}")]
     RequestTimeout { endpoint: SocketAddr, timeout: Duration },
+    #[error("the request body did not arrive within the per-request timeout of {timeout:?}")]
+    RequestBodyTimeout { timeout: Duration },
     #[error("{endpoint} failed the request: {source}")]
     Upstream { endpoint: SocketAddr, source: hyper::Error },
     #[error("refused: the limit {limit} ({max}) of `{target}` is reached")]
@@ -44,7 +46,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
-            Self::BadRequest { .. } => Blame::Downstream,
+            Self::BadRequest { .. } | Self::RequestBodyTimeout { .. } => Blame::Downstream,
             _ => Blame::Upstream,
         }
     }
@@ -73,6 +75,7 @@ impl ProxyError {
             Self::ConnectFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "connect-failed"),
             Self::Handshake { .. } => (StatusCode::BAD_GATEWAY, "handshake-failed"),
             Self::RequestTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
+            Self::RequestBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request-body-timeout"),
             Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-failed"),
             Self::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overflow"),
             Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request"),

@@ -53,8 +53,11 @@ impl Balancer {
     fn pick_among(&self, n: usize, cost: &dyn Fn(usize) -> f64, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         match self.policy {
             LoadBalancing::RoundRobin => {
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
+                // The k-th usable endpoint, k counting up: an unusable endpoint's turns are
+                // spread over all the others, not given to its neighbour.
+                let usable = (0..n).filter(|&i| ok(i)).count();
+                let k = self.next.fetch_add(1, Ordering::Relaxed) % usable.max(1);
+                (0..n).filter(|&i| ok(i)).nth(k)
             }
             LoadBalancing::P2cEwma => {
                 let a = sample(n, ok, None)?;
@@ -142,6 +145,16 @@ mod tests {
             assert!(b.pick(3, cost, all, &[0, 1, 2]).is_some_and(|c| !c.fell_back));
             assert_eq!(b.pick(0, cost, all, &[]), None);
         }
+    }
+
+    #[test]
+    fn round_robin_spreads_an_unusable_endpoints_turns_evenly() {
+        let b = Balancer::new(LoadBalancing::RoundRobin);
+        let mut counts = [0; 3];
+        for _ in 0..600 {
+            counts[b.pick(3, |_| 1.0, |i| i != 2, &[]).unwrap().index] += 1;
+        }
+        assert_eq!(counts, [300, 300, 0]);
     }
 
     #[test]

@@ -175,14 +175,14 @@ impl Route {
         let authority = headers::authority(&req);
         let (mut unsent, replay) = self.keep_for_replay(req, deadline).await?;
         let attempts = 1 + self.retry.max_retries as usize;
-        let mut tried = Vec::with_capacity(attempts);
+        let mut tried = Tried::default();
         loop {
             let mut req = match (unsent.take(), &replay) {
                 (Some(req), _) => req,
                 (None, Some(replay)) => replay.request(),
                 (None, None) => unreachable!("a request that cannot be sent again is never retried"),
             };
-            let Some(choice) = self.pick(&tried) else {
+            let Some(choice) = self.pick(tried.as_slice()) else {
                 return Err(ProxyError::NoEndpoints { target: self.name.clone() });
             };
             if choice.fell_back {
@@ -194,12 +194,22 @@ impl Route {
             let authority = authority.clone().unwrap_or_else(|| {
                 endpoint.addr.to_string().parse().expect("a socket address is an authority")
             });
-            headers::for_upstream(&mut req, endpoint.version, authority);
+            headers::for_upstream(&mut req, endpoint.version, authority.clone());
             endpoint.load.begin();
             let sent_at = Instant::now();
+            let again = replay.as_ref().map(|replay| {
+                let authority = authority.clone();
+                move || {
+                    let mut req = replay.request();
+                    headers::for_upstream(&mut req, endpoint.version, authority.clone());
+                    req
+                }
+            });
+            let again = again.as_ref().map(|f| f as &upstream::Again<'_>);
+            let send = endpoint.client.send(req, again);
             let sent = match deadline {
-                Some(at) => tokio::time::timeout_at(at, endpoint.client.send(req)).await,
-                None => Ok(endpoint.client.send(req).await),
+                Some(at) => tokio::time::timeout_at(at, send).await,
+                None => Ok(send.await),
             };
             // The balancer learns each attempt's time on the endpoint it went to, failures
             // included: one whose connects time out must look slow, not untried, and the time
@@ -214,6 +224,7 @@ impl Route {
                     if retry && retries_left && self.take_retry() {
                         endpoint.load.finish();
                         tracing::debug!(route = %self.name, endpoint = %endpoint.addr, %status, "retrying");
+                        discard(sent, deadline).await;
                         continue;
                     }
                     return Ok((sent, endpoint.clone()));
@@ -237,7 +248,11 @@ impl Route {
                         (Some(_), _) => true,
                         (None, error) => replay.is_some() && error.is_gateway_failure(),
                     };
-                    if retryable && retries_left && self.take_retry() {
+                    // A request that never left costs the apps nothing: it needs no budget.
+                    if retryable && retries_left && (error.never_sent() || self.take_retry()) {
+                        if error.never_sent() {
+                            self.metrics.resilience.retries.inc();
+                        }
                         tracing::debug!(route = %self.name, %error, "retrying on another endpoint");
                         unsent = request;
                         continue;
@@ -261,18 +276,7 @@ impl Route {
             return Ok((Some(req), None));
         }
         let (parts, body) = req.into_parts();
-        let collect = body.collect();
-        let body = match deadline {
-            Some(at) => {
-                tokio::time::timeout_at(at, collect).await.map_err(|_| ProxyError::RequestTimeout {
-                    endpoint: SocketAddr::from(([0, 0, 0, 0], 0)),
-                    timeout: self.per_request.unwrap_or_default(),
-                })?
-            }
-            None => collect.await,
-        }
-        .map_err(|_| ProxyError::BadRequest { reason: "the request body could not be read" })?
-        .to_bytes();
+        let body = if body.is_end_stream() { Bytes::new() } else { self.read_body(body, deadline).await? };
         let replay = Replay {
             method: parts.method,
             uri: parts.uri,
@@ -281,6 +285,18 @@ impl Route {
             body,
         };
         Ok((None, Some(replay)))
+    }
+
+    async fn read_body(&self, body: ProxyBody, deadline: Option<Instant>) -> Result<Bytes, ProxyError> {
+        let collect = body.collect();
+        let body = match deadline {
+            Some(at) => tokio::time::timeout_at(at, collect).await.map_err(|_| {
+                ProxyError::RequestBodyTimeout { timeout: self.per_request.unwrap_or_default() }
+            })?,
+            None => collect.await,
+        }
+        .map_err(|_| ProxyError::BadRequest { reason: "the request body could not be read" })?;
+        Ok(body.to_bytes())
     }
 
     fn take_retry(&self) -> bool {
@@ -300,12 +316,55 @@ impl Route {
     }
 }
 
+/// Drops a response that is being retried. A small body of known length is read to its end
+/// first, so that its HTTP/1 connection goes back to the pool instead of being closed.
+async fn discard(sent: Sent, deadline: Option<Instant>) {
+    const SMALL: u64 = 64 * 1024;
+    let Sent { response, pooled } = sent;
+    let body = response.into_body();
+    if body.size_hint().exact().is_none_or(|n| n > SMALL) {
+        return;
+    }
+    let read = body.collect();
+    let read = match deadline {
+        Some(at) => tokio::time::timeout_at(at, read).await.ok(),
+        None => Some(read.await),
+    };
+    if let (Some(Ok(_)), Some(pooled)) = (read, pooled) {
+        pooled.release();
+    }
+}
+
 /// What outlier detection learns from a response.
 fn outcome_of(status: StatusCode) -> Outcome {
     match status.as_u16() {
         502..=504 => Outcome::GatewayFailure,
         500..=599 => Outcome::Neutral,
         _ => Outcome::Success,
+    }
+}
+
+/// The endpoints a request has been sent to, without allocating: `maxRetries` is at most 10.
+#[derive(Default)]
+struct Tried {
+    indices: [usize; 11],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if self.len < self.indices.len() {
+            self.indices[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.indices[..self.len]
     }
 }
 

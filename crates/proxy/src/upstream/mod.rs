@@ -77,6 +77,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Makes a request anew, from a copy its caller keeps.
+pub type Again<'a> = dyn Fn() -> Request<ProxyBody> + Sync + 'a;
+
 /// How one endpoint is reached.
 pub struct ClientConfig {
     pub http2: bool,
@@ -96,10 +99,12 @@ impl HttpClient {
         }
     }
 
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Sent, SendError> {
+    /// Sends `req`. `again` makes the same request anew when the caller keeps a copy; without
+    /// it a body-less idempotent request is copied here, in case a reused connection fails.
+    pub async fn send(&self, req: Request<ProxyBody>, again: Option<&Again<'_>>) -> Result<Sent, SendError> {
         match self {
-            Self::Http1(pool) => send(pool, req).await,
-            Self::Http2(shared) => send(shared, req).await,
+            Self::Http1(pool) => send(pool, req, again).await,
+            Self::Http2(shared) => send(shared, req, again).await,
         }
     }
 }
@@ -132,7 +137,11 @@ trait Connections: Sync {
 }
 
 /// Sends `req`, once more on a fresh connection if a reused one was closed before answering.
-async fn send<C: Connections>(c: &C, req: Request<ProxyBody>) -> Result<Sent, SendError> {
+async fn send<C: Connections>(
+    c: &C,
+    req: Request<ProxyBody>,
+    again: Option<&Again<'_>>,
+) -> Result<Sent, SendError> {
     let (mut conn, reused) = match c.reuse() {
         Some(conn) => (conn, true),
         None => match c.open().await {
@@ -140,7 +149,9 @@ async fn send<C: Connections>(c: &C, req: Request<ProxyBody>) -> Result<Sent, Se
             Err(error) => return Err(SendError { error, request: Some(req) }),
         },
     };
-    let copy = if reused { replay_copy(&req) } else { None };
+    // Copy only when the caller cannot make the request again itself: the common case (a
+    // reused connection that answers) then costs no copy at all.
+    let copy = if reused && again.is_none() { replay_copy(&req) } else { None };
     let (error, unsent) = match C::try_send(&mut conn, req).await {
         Ok(response) => return Ok(c.sent(response, conn)),
         Err(mut e) => {
@@ -148,7 +159,8 @@ async fn send<C: Connections>(c: &C, req: Request<ProxyBody>) -> Result<Sent, Se
             (e.into_error(), unsent)
         }
     };
-    let again = unsent.or(if closed_before_response(&error) { copy } else { None });
+    let closed = closed_before_response(&error);
+    let again = unsent.or(if closed { copy.or_else(|| again.map(|make| make())) } else { None });
     match again {
         Some(again) if reused => {
             debug!(endpoint = %c.addr(), %error, "reused connection closed; sending again on a fresh one");
