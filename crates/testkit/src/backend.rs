@@ -7,11 +7,14 @@
 //! - `/sink`: read the whole body and answer `<length> <fnv64 checksum>`;
 //! - `/bytes/<n>`: stream `n` bytes of [`pattern`] in 64 KiB chunks;
 //! - anything else: `hello from <name>`.
+//!
+//! [`Backend::set_status`] overrides every path: the backend then reads the whole request body
+//! and answers that status, as an app that is up but failing does.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,6 +50,8 @@ struct State {
     requests: AtomicUsize,
     connections: AtomicUsize,
     delay_ms: AtomicU64,
+    /// Every request answers this status when it is one (0 is not).
+    status: AtomicU16,
 }
 
 impl Backend {
@@ -80,6 +85,17 @@ impl Backend {
     /// A raw HTTP/1.1 server that answers the first request of each connection with keep-alive
     /// and closes the connection, without answering, when a second request arrives on it.
     pub async fn closing_on_reuse(name: &str) -> Self {
+        Self::closing_after(name, 1).await
+    }
+
+    /// A raw HTTP/1.1 server that closes every connection, without a byte of response, as soon
+    /// as a request's head has arrived: an app that crashes on each request.
+    pub async fn closing_before_answering(name: &str) -> Self {
+        Self::closing_after(name, 0).await
+    }
+
+    /// Answers `answered` requests of each connection, then closes it when the next arrives.
+    async fn closing_after(name: &str, answered: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State { name: name.into(), ..Default::default() });
@@ -101,7 +117,7 @@ impl Backend {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
                             state.requests.fetch_add(1, Ordering::Relaxed);
-                            if served == 1 {
+                            if served == answered {
                                 return; // drop the connection without a byte of response
                             }
                             served += 1;
@@ -136,6 +152,12 @@ impl Backend {
         self.state.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Answers every request, whatever its path, with `status` once its body has been read;
+    /// `None` returns to normal.
+    pub fn set_status(&self, status: Option<u16>) {
+        self.state.status.store(status.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// Stops accepting; open connections end with the test.
     pub fn stop(&self) {
         self.task.abort();
@@ -153,6 +175,13 @@ async fn respond(state: Arc<State>, req: Request<Incoming>) -> Result<Response<B
     let delay = state.delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let forced = state.status.load(Ordering::Relaxed);
+    if let Ok(status) = StatusCode::from_u16(forced) {
+        let _ = req.into_body().collect().await;
+        let mut res = text(status, format!("{forced} from {}", state.name));
+        res.headers_mut().insert("x-backend", state.name.parse().unwrap());
+        return Ok(res);
     }
     let path = req.uri().path().to_owned();
     let mut parts = path.trim_start_matches('/').splitn(2, '/');

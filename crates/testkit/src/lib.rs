@@ -8,6 +8,7 @@ mod backend;
 mod client;
 mod load;
 mod net;
+mod process;
 mod prometheus;
 mod sidecar;
 mod stream;
@@ -16,6 +17,7 @@ pub use backend::{Backend, BackendOptions, Fnv, pattern, pattern_body, pattern_c
 pub use client::{Client, Reply};
 pub use load::{Load, LoadReport};
 pub use net::{Unanswered, free_port, refused_addr};
+pub use process::BackendProcess;
 pub use prometheus::Prometheus;
 pub use sidecar::{Sidecar, metric_value, workspace_path};
 pub use stream::{Digest, StreamClient};

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::Client;
 
@@ -15,7 +16,7 @@ const HARD_LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Load {
     stop: Arc<AtomicBool>,
-    workers: JoinSet<Vec<Outcome>>,
+    workers: JoinSet<Vec<(Outcome, Duration)>>,
     sent: Arc<AtomicUsize>,
 }
 
@@ -26,6 +27,8 @@ pub struct LoadReport {
     pub failures: Vec<String>,
     /// Successful responses per `x-backend`.
     pub by_backend: HashMap<String, usize>,
+    /// The longest any request took, from sending it to the end of its response.
+    pub slowest: Duration,
 }
 
 enum Outcome {
@@ -39,22 +42,26 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
         let mut set = JoinSet::new();
-        let deadline = tokio::time::Instant::now() + HARD_LIMIT;
+        let deadline = Instant::now() + HARD_LIMIT;
         for _ in 0..workers {
             let (client, url, stop, sent) = (client.clone(), url.clone(), stop.clone(), sent.clone());
             set.spawn(async move {
                 let mut outcomes = Vec::new();
                 while !stop.load(Ordering::Relaxed)
-                    && tokio::time::Instant::now() < deadline
+                    && Instant::now() < deadline
                     && sent.fetch_add(1, Ordering::Relaxed) < max_requests
                 {
-                    outcomes.push(match client.get(&url).await {
+                    let start = Instant::now();
+                    let reply = client.get(&url).await;
+                    let took = start.elapsed();
+                    let outcome = match reply {
                         Ok(r) if r.status.is_success() => {
                             Outcome::Ok(r.header("x-backend").map(str::to_owned))
                         }
                         Ok(r) => Outcome::Failed(format!("{} {}", r.status, r.text().trim())),
                         Err(e) => Outcome::Failed(format!("{e:#}")),
-                    });
+                    };
+                    outcomes.push((outcome, took));
                 }
                 outcomes
             });
@@ -81,7 +88,8 @@ impl Load {
     async fn collect(mut self) -> LoadReport {
         let mut report = LoadReport::default();
         while let Some(outcomes) = self.workers.join_next().await {
-            for outcome in outcomes.expect("a load worker panicked") {
+            for (outcome, took) in outcomes.expect("a load worker panicked") {
+                report.slowest = report.slowest.max(took);
                 match outcome {
                     Outcome::Ok(backend) => {
                         report.ok += 1;
@@ -96,6 +104,12 @@ impl Load {
 }
 
 impl LoadReport {
+    /// Failures whose status is `status` (their text starts with it).
+    pub fn failures_with(&self, status: u16) -> usize {
+        let prefix = format!("{status} ");
+        self.failures.iter().filter(|f| f.starts_with(&prefix)).count()
+    }
+
     /// Panics with the first failures if there were any.
     pub fn assert_no_failures(&self) {
         assert!(
