@@ -4,7 +4,8 @@
 //!
 //! Checked: a 1 MiB unary echo arrives byte for byte with its initial and trailing metadata;
 //! a NOT_FOUND arrives with its exact details and trailing metadata; a bidirectional stream of
-//! 100 messages, sent ping-pong (so nothing may be held back), is echoed in order, byte for byte.
+//! 100 messages, sent ping-pong (so nothing may be held back), is echoed in order, byte for byte;
+//! a deadline ends a call on time and a client's cancellation reaches the backend (F5).
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -89,9 +90,14 @@ impl GrpcServer {
 
 /// Runs `grpc_peer.py client` against `target` and returns the JSON it prints.
 async fn call_all(target: SocketAddr, id: &str) -> Value {
+    run_peer(&["client", &target.to_string(), id]).await
+}
+
+/// Runs `grpc_peer.py ARGS…` and returns the JSON it prints.
+async fn run_peer(args: &[&str]) -> Value {
     let run = Command::new(python())
         .arg(workspace_path(PEER))
-        .args(["client", &target.to_string(), id])
+        .args(args)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -177,4 +183,35 @@ async fn grpc_through_two_sidecars() {
         3.0,
         "every call arrived through the inbound, as gRPC"
     );
+}
+
+/// F5: a deadline shorter than the backend's work ends the call on time, and a call the client
+/// cancels is cancelled at the backend too, through both sidecars. The second call carries no
+/// deadline the backend could enforce by itself: it can only learn of the cancellation from
+/// the stream reset each hop passes on.
+#[tokio::test]
+async fn deadlines_and_cancellations_reach_the_backend_through_two_sidecars() {
+    const DEADLINE_MS: u64 = 300;
+    let server = GrpcServer::start().await;
+    let yaml = format!(
+        "admin: 127.0.0.1:0\ndrainWaitSeconds: 0\ninbound:\n  - {{ portName: api, listen: 127.0.0.1:0, target: {}, appProtocol: grpc }}\n",
+        server.addr
+    );
+    let server_side = Sidecar::start(TETHER, &yaml).await.unwrap();
+    let client_side =
+        outbound("mesh", &format!("{{ address: \"{}\", mesh: true }}", server_side.addr("api"))).await;
+    let target = client_side.addr("mesh").to_string();
+    let result = run_peer(&["cancel", &target, "f5", &DEADLINE_MS.to_string()]).await;
+
+    let deadline = &result["deadline"];
+    assert_eq!(deadline["code"], "DEADLINE_EXCEEDED", "{deadline}");
+    let elapsed = deadline["elapsed_ms"].as_u64().expect("elapsed_ms");
+    // On time: not before the deadline, and nowhere near the 10 s the backend would work.
+    // The margin is for a loaded two-core machine running three processes of this test.
+    assert!((DEADLINE_MS..DEADLINE_MS + 700).contains(&elapsed), "the call took {elapsed} ms: {deadline}");
+    assert_eq!(deadline["server_saw_cancel"], true, "the backend kept working past the deadline: {deadline}");
+
+    let cancel = &result["cancel"];
+    assert_eq!(cancel["cancelled"], true, "{cancel}");
+    assert_eq!(cancel["server_saw_cancel"], true, "the cancellation did not reach the backend: {cancel}");
 }

@@ -11,6 +11,12 @@ Generic handlers with bytes in and bytes out: no protoc, no generated code.
         Calls every method once through HOST:PORT, with request metadata `x-test-id: ID`, and
         prints what came back as one line of JSON (see `client`).
 
+    grpc_peer.py cancel HOST:PORT ID MS
+        Calls Slow twice through HOST:PORT: once with a deadline of MS milliseconds, once with no
+        deadline but cancelled by the client after MS milliseconds. For each, prints the status,
+        how long the call took, and whether the server saw the call cancelled (asked through
+        WasCancelled), as one line of JSON (see `cancel`).
+
 The methods:
     Unary  echoes the request; initial metadata `x-echo-id: ID` and `x-echo-bin` (the request's
            binary `x-test-bin`, 00 01 fe ff from the client), trailing metadata
@@ -19,6 +25,9 @@ The methods:
            `x-trailer: failed:ID`.
     Chat   echoes every message of a bidirectional stream, in order; trailing metadata
            `x-trailer-count: N`.
+    Slow   works for up to 10 s, watching whether the call is still active; when it is not, it
+           notes the call's id (the request) as cancelled.
+    WasCancelled  answers b"yes" when the id in the request was noted as cancelled.
 
 Payloads (the Rust test computes the same):
     unary       pattern(UNARY_LEN), where pattern(n) = bytes(i % 256 for i in range(n))
@@ -34,6 +43,7 @@ import json
 import queue
 import sys
 import threading
+import time
 from concurrent import futures
 
 try:
@@ -111,12 +121,30 @@ def chat(requests, context):
     context.set_trailing_metadata([("x-trailer-count", str(n))])
 
 
+CANCELLED = set()
+
+
+def slow(request, context):
+    for _ in range(1000):
+        if not context.is_active():
+            CANCELLED.add(request)
+            return b""
+        time.sleep(0.01)
+    return b"finished"
+
+
+def was_cancelled(request, context):
+    return b"yes" if request in CANCELLED else b"no"
+
+
 def serve():
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=OPTIONS)
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Chat": grpc.stream_stream_rpc_method_handler(chat),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        "WasCancelled": grpc.unary_unary_rpc_method_handler(was_cancelled),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -188,10 +216,52 @@ def client(target, tid):
     print(json.dumps(result), flush=True)
 
 
+def server_saw_cancel(channel, call_id):
+    """Whether the server noted `call_id` as cancelled, within 3 s."""
+    ask = channel.unary_unary(f"/{SERVICE}/WasCancelled")
+    for _ in range(60):
+        if ask(call_id, timeout=CALL_TIMEOUT_SECONDS) == b"yes":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def cancel(target, tid, ms):
+    slow_call = None
+    result = {}
+    with grpc.insecure_channel(target, options=OPTIONS) as channel:
+        slow_call = channel.unary_unary(f"/{SERVICE}/Slow")
+        deadline_id = f"deadline-{tid}".encode()
+        start = time.monotonic()
+        try:
+            slow_call(deadline_id, timeout=ms / 1000)
+            code = "OK"
+        except grpc.RpcError as e:
+            code = e.code().name
+        result["deadline"] = {
+            "code": code,
+            "elapsed_ms": round((time.monotonic() - start) * 1000),
+            "server_saw_cancel": server_saw_cancel(channel, deadline_id),
+        }
+        # No deadline: the server can only learn of the cancellation from the reset that
+        # travels back through every hop.
+        cancel_id = f"cancel-{tid}".encode()
+        future = slow_call.future(cancel_id)
+        time.sleep(ms / 1000)
+        future.cancel()
+        result["cancel"] = {
+            "cancelled": future.cancelled(),
+            "server_saw_cancel": server_saw_cancel(channel, cancel_id),
+        }
+    print(json.dumps(result), flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 2 and sys.argv[1] == "server":
         serve()
     elif len(sys.argv) == 4 and sys.argv[1] == "client":
         client(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "cancel":
+        cancel(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         sys.exit(__doc__)
