@@ -155,6 +155,19 @@ async fn target_requests(sidecar: &Sidecar, name: &str) -> f64 {
     metric_value(&sidecar.metrics().await, "tether_target_requests_total", &[("target_discovery_name", name)])
 }
 
+/// A server-side sidecar publishing `server` (grpc) as `api`, and a client-side sidecar whose
+/// alias `mesh` reaches it: `(client side, server side)`.
+async fn two_sidecars(server: &GrpcServer) -> (Sidecar, Sidecar) {
+    let yaml = format!(
+        "admin: 127.0.0.1:0\ndrainWaitSeconds: 0\ninbound:\n  - {{ portName: api, listen: 127.0.0.1:0, target: {}, appProtocol: grpc }}\n",
+        server.addr
+    );
+    let server_side = Sidecar::start(TETHER, &yaml).await.unwrap();
+    let client_side =
+        outbound("mesh", &format!("{{ address: \"{}\", mesh: true }}", server_side.addr("api"))).await;
+    (client_side, server_side)
+}
+
 #[tokio::test]
 async fn grpc_through_one_outbound_hop() {
     let server = GrpcServer::start().await;
@@ -167,13 +180,7 @@ async fn grpc_through_one_outbound_hop() {
 #[tokio::test]
 async fn grpc_through_two_sidecars() {
     let server = GrpcServer::start().await;
-    let yaml = format!(
-        "admin: 127.0.0.1:0\ndrainWaitSeconds: 0\ninbound:\n  - {{ portName: api, listen: 127.0.0.1:0, target: {}, appProtocol: grpc }}\n",
-        server.addr
-    );
-    let server_side = Sidecar::start(TETHER, &yaml).await.unwrap();
-    let client_side =
-        outbound("mesh", &format!("{{ address: \"{}\", mesh: true }}", server_side.addr("api"))).await;
+    let (client_side, server_side) = two_sidecars(&server).await;
     let result = call_all(client_side.addr("mesh"), "mesh-1").await;
     check(&result, "mesh-1");
     assert_eq!(target_requests(&client_side, "mesh").await, 3.0, "every call left through the outbound");
@@ -193,13 +200,7 @@ async fn grpc_through_two_sidecars() {
 async fn deadlines_and_cancellations_reach_the_backend_through_two_sidecars() {
     const DEADLINE_MS: u64 = 300;
     let server = GrpcServer::start().await;
-    let yaml = format!(
-        "admin: 127.0.0.1:0\ndrainWaitSeconds: 0\ninbound:\n  - {{ portName: api, listen: 127.0.0.1:0, target: {}, appProtocol: grpc }}\n",
-        server.addr
-    );
-    let server_side = Sidecar::start(TETHER, &yaml).await.unwrap();
-    let client_side =
-        outbound("mesh", &format!("{{ address: \"{}\", mesh: true }}", server_side.addr("api"))).await;
+    let (client_side, _server_side) = two_sidecars(&server).await;
     let target = client_side.addr("mesh").to_string();
     let result = run_peer(&["cancel", &target, "f5", &DEADLINE_MS.to_string()]).await;
 
