@@ -190,7 +190,7 @@ pub struct Limits {
     pub max_requests: u32,
     /// Requests waiting for an HTTP/1 connection, in all. Default 1024.
     pub max_pending_requests: u32,
-    /// Connections per endpoint. Default 1024.
+    /// HTTP/1 connections per endpoint (an HTTP/2 endpoint shares one). Default 1024.
     pub max_connections: u32,
 }
 
