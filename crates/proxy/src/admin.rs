@@ -28,7 +28,15 @@ impl Admin {
         let admin = Arc::new(self);
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         loop {
-            let Ok((stream, _)) = socket.accept().await else { continue };
+            let stream = match socket.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors or the like: back off instead of spinning.
+                    debug!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let admin = admin.clone();
             let builder = builder.clone();
             tokio::spawn(async move {
