@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tether_testkit::{Fnv, Sidecar, metric_value, pattern, workspace_path};
+use tether_testkit::{Fnv, Sidecar, metric_value, pattern, python, require_python_module, workspace_path};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
@@ -34,27 +34,6 @@ fn fnv_hex(bytes: &[u8]) -> String {
     format!("{:016x}", f.finish())
 }
 
-/// The Python interpreter: `$PYTHON`, or `python3`.
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
-/// Fails the test, saying how to fix it, when Python or its grpcio package is missing.
-async fn require_grpcio() {
-    let probe = Command::new(python()).args(["-c", "import grpc"]).output().await;
-    match probe {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "these tests need Python's grpcio package: pip install grpcio\n({} -c 'import grpc' said: {})",
-            python(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => {
-            panic!("these tests need Python 3 with grpcio (pip install grpcio); cannot run {}: {e}", python())
-        }
-    }
-}
-
 /// The gRPC server: a `grpc_peer.py server` process, killed when dropped.
 struct GrpcServer {
     addr: SocketAddr,
@@ -65,7 +44,7 @@ struct GrpcServer {
 
 impl GrpcServer {
     async fn start() -> Self {
-        require_grpcio().await;
+        require_python_module("grpc", "grpcio").await;
         let mut child = Command::new(python())
             .arg(workspace_path(PEER))
             .arg("server")

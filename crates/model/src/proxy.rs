@@ -19,6 +19,7 @@ const PER_REQUEST_TIMEOUT: Seconds = Seconds::from_secs(15);
 const CONNECT_TIMEOUT: Seconds = Seconds::from_secs(1);
 const DRAIN_WAIT: Seconds = Seconds::from_secs(20);
 const DRAIN_GRACE: Seconds = Seconds::from_secs(30);
+const MAX_DOWNSTREAM_CONNECTIONS: u32 = 16_384;
 /// Longest idle timeout accepted (a day): anything longer is almost surely a unit mistake.
 const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 
@@ -67,6 +68,10 @@ pub struct ProxyConfig {
     /// After the drain wait, how long in-flight requests may take before the proxy exits anyway.
     /// Default 30 s.
     pub drain_grace_seconds: Seconds,
+    /// Connections open at once on all inbound and outbound listeners together (the admin
+    /// endpoint's do not count); one more is accepted and closed at once, and counted in
+    /// `tether_downstream_overflows_total`. Default 16384, at least 1.
+    pub max_downstream_connections: u32,
     pub inbound: Vec<Inbound>,
     pub outbound: Vec<Outbound>,
 }
@@ -237,6 +242,7 @@ struct RawConfig {
     admin: Option<String>,
     drain_wait_seconds: Option<f64>,
     drain_grace_seconds: Option<f64>,
+    max_downstream_connections: Option<u32>,
     #[serde(default)]
     inbound: Vec<RawInbound>,
     #[serde(default)]
@@ -395,9 +401,21 @@ impl Validator<'_> {
         let drain_wait_seconds = self.seconds("drainWaitSeconds", raw.drain_wait_seconds, DRAIN_WAIT, 110.0);
         let drain_grace_seconds =
             self.seconds("drainGraceSeconds", raw.drain_grace_seconds, DRAIN_GRACE, 3600.0);
+        let max_downstream_connections = raw.max_downstream_connections.unwrap_or(MAX_DOWNSTREAM_CONNECTIONS);
+        if max_downstream_connections == 0 {
+            self.fail("maxDownstreamConnections".into(), "must be at least 1; the default is 16384");
+        }
         let inbound = raw.inbound.into_iter().enumerate().map(|(i, r)| self.inbound(i, r)).collect();
         let outbound = raw.outbound.into_iter().enumerate().map(|(i, r)| self.outbound(i, r)).collect();
-        ProxyConfig { service, admin, drain_wait_seconds, drain_grace_seconds, inbound, outbound }
+        ProxyConfig {
+            service,
+            admin,
+            drain_wait_seconds,
+            drain_grace_seconds,
+            max_downstream_connections: max_downstream_connections.max(1),
+            inbound,
+            outbound,
+        }
     }
 
     fn inbound(&mut self, i: usize, raw: RawInbound) -> Inbound {

@@ -41,12 +41,16 @@ pub enum ProxyError {
     Overflow { target: String, limit: &'static str, max: u32 },
     #[error("bad request: {reason}")]
     BadRequest { reason: &'static str },
+    /// Ambiguous or malformed framing, or headers beyond the limits, either way (design §5).
+    #[error("refused: {0}")]
+    Framing(#[from] crate::http::framing::Violation),
 }
 
 impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
             Self::BadRequest { .. } | Self::RequestBodyTimeout { .. } => Blame::Downstream,
+            Self::Framing(v) if v.kind != crate::http::framing::Kind::UpstreamHead => Blame::Downstream,
             _ => Blame::Upstream,
         }
     }
@@ -76,9 +80,13 @@ impl ProxyError {
             Self::Handshake { .. } => (StatusCode::BAD_GATEWAY, "handshake-failed"),
             Self::RequestTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             Self::RequestBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request-body-timeout"),
+            Self::Upstream { source, .. } if source.is_parse_too_large() => {
+                (StatusCode::BAD_GATEWAY, "upstream-headers-too-large")
+            }
             Self::Upstream { .. } => (StatusCode::BAD_GATEWAY, "upstream-failed"),
             Self::Overflow { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overflow"),
             Self::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad-request"),
+            Self::Framing(v) => (v.status(), v.cause()),
         }
     }
 

@@ -13,6 +13,7 @@ mod balance;
 mod body;
 mod drain;
 mod error;
+mod flood;
 mod http;
 mod inbound;
 mod listener;
@@ -32,11 +33,14 @@ use tracing::{info, warn};
 
 pub use drain::Phase;
 pub use error::{ERROR_HEADER, ProxyError};
+/// Public for the fuzz targets (`fuzz/`) and their corpus tests.
+#[doc(hidden)]
+pub use http::framing;
 pub use listener::BindError;
 
 use admin::Admin;
 use drain::Drain;
-use listener::Listener;
+use listener::{ConnectionLimit, Listener};
 use metrics::Metrics;
 
 pub struct Proxy {
@@ -44,6 +48,7 @@ pub struct Proxy {
     admin: Admin,
     admin_socket: TcpListener,
     listeners: Vec<Listener>,
+    limit: std::sync::Arc<ConnectionLimit>,
     drain: Drain,
 }
 
@@ -60,10 +65,12 @@ impl Proxy {
         for outbound in &config.outbound {
             listeners.push(outbound::listener(outbound, &metrics).await?);
         }
+        let limit =
+            ConnectionLimit::new(config.max_downstream_connections, metrics.downstream_overflows.clone());
         let drain = Drain::new();
         let config_json = serde_json::to_string_pretty(&config).expect("the config serializes");
         let admin = Admin { registry, config_json, drain: drain.trigger() };
-        Ok(Self { config, admin, admin_socket, listeners, drain })
+        Ok(Self { config, admin, admin_socket, listeners, limit, drain })
     }
 
     /// `(kind, name, address)` of every bound socket, the admin endpoint first.
@@ -78,10 +85,10 @@ impl Proxy {
     /// drains: readiness turns false, new connections are still served for the drain wait,
     /// then listeners close and in-flight requests get the drain grace to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { config, admin, admin_socket, listeners, drain } = self;
+        let Self { config, admin, admin_socket, listeners, limit, drain } = self;
         tokio::spawn(admin.run(admin_socket));
         for listener in listeners {
-            tokio::spawn(listener.run(drain.watch()));
+            tokio::spawn(listener.run(drain.watch(), limit.clone()));
         }
         tokio::select! {
             () = shutdown => {}

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use crate::drain::{Phase, Watch};
@@ -37,6 +39,19 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// The proxy-wide cap on open downstream connections (`maxDownstreamConnections`), shared by
+/// every inbound and outbound listener; the admin endpoint has its own accept loop and no cap.
+pub struct ConnectionLimit {
+    permits: Arc<Semaphore>,
+    overflows: Counter,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: u32, overflows: Counter) -> Arc<Self> {
+        Arc::new(Self { permits: Arc::new(Semaphore::new(max as usize)), overflows })
+    }
+}
+
 impl Listener {
     pub async fn bind(
         kind: &'static str,
@@ -53,7 +68,9 @@ impl Listener {
     }
 
     /// Accepts connections until the proxy closes.
-    pub async fn run(self, mut drain: Watch) {
+    /// A connection beyond `limit` is accepted and closed at once: leaving it in the backlog
+    /// would only fill the backlog, and the peer learns at once that it must go elsewhere.
+    pub async fn run(self, mut drain: Watch, limit: Arc<ConnectionLimit>) {
         let builder = match &self.serve {
             Serve::Http { peer, .. } => Some(Arc::new(server::builder(*peer))),
             Serve::Tcp(_) => None,
@@ -72,20 +89,30 @@ impl Listener {
                     continue;
                 }
             };
+            let Ok(permit) = limit.permits.clone().try_acquire_owned() else {
+                limit.overflows.inc();
+                debug!(listener = %self.name, %peer, "too many connections: closing at once");
+                drop(stream);
+                continue;
+            };
             debug!(listener = %self.name, %peer, "accepted");
             let _ = stream.set_nodelay(true);
             match &self.serve {
                 Serve::Http { route, idle, .. } => {
                     let builder: Arc<auto::Builder<TokioExecutor>> =
                         builder.clone().expect("http listeners have a builder");
-                    tokio::spawn(server::serve(stream, route.clone(), builder, *idle, drain.clone()));
+                    let serve = server::serve(stream, route.clone(), builder, *idle, drain.clone());
+                    tokio::spawn(async move {
+                        serve.await;
+                        drop(permit);
+                    });
                 }
                 Serve::Tcp(route) => {
                     let route = route.clone();
                     let watch = drain.clone();
                     tokio::spawn(async move {
                         route.serve(stream).await;
-                        drop(watch);
+                        drop((watch, permit));
                     });
                 }
             }

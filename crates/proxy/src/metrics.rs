@@ -57,6 +57,8 @@ pub struct Metrics {
     target_overflows: Family<TargetLabels, Counter>,
     target_no_healthy_endpoints: Family<TargetLabels, Counter>,
     target_endpoints: Family<TargetStateLabels, Gauge>,
+    /// Downstream connections closed at once because `maxDownstreamConnections` were open.
+    pub downstream_overflows: Counter,
 }
 
 /// The resilience counters of one route. An inbound route's are not registered: it sends to
@@ -107,6 +109,7 @@ impl Metrics {
             target_overflows: Family::default(),
             target_no_healthy_endpoints: Family::default(),
             target_endpoints: Family::default(),
+            downstream_overflows: Counter::default(),
         };
         let r = registry;
         r.register("active_connections", "Open inbound connections", m.active_connections.clone());
@@ -139,6 +142,11 @@ impl Metrics {
             "target_endpoints",
             "Endpoints by state (total, healthy, ejected)",
             m.target_endpoints.clone(),
+        );
+        r.register(
+            "downstream_overflows",
+            "Downstream connections closed at once because maxDownstreamConnections were open",
+            m.downstream_overflows.clone(),
         );
         m
     }

@@ -10,6 +10,8 @@ mod load;
 mod net;
 mod process;
 mod prometheus;
+mod python;
+mod raw;
 mod sidecar;
 mod stream;
 
@@ -19,6 +21,8 @@ pub use load::{Load, LoadReport};
 pub use net::{Unanswered, free_port, refused_addr};
 pub use process::BackendProcess;
 pub use prometheus::Prometheus;
+pub use python::{python, require_python_module};
+pub use raw::{CountingBackend, RawReply, raw_exchange};
 pub use sidecar::{Sidecar, metric_value, workspace_path};
 pub use stream::{Digest, StreamClient};
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tether_model::ProxyConfig;
 use tether_proxy::Proxy;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// The exit status for a config that cannot be used (EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
@@ -69,6 +69,7 @@ fn load(args: &Args) -> Result<ProxyConfig, String> {
 }
 
 fn run(config: ProxyConfig, threads: u16) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -83,6 +84,16 @@ fn run(config: ProxyConfig, threads: u16) -> anyhow::Result<()> {
         proxy.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Every connection is a file descriptor, and the usual soft limit (1024) is far below what a
+/// proxy serves: raise it to the hard limit, which needs no privilege. `maxDownstreamConnections`
+/// then caps connections below it.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open files limit"),
+        Err(e) => warn!("cannot raise the open files limit: {e}"),
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.

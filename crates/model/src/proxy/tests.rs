@@ -31,6 +31,7 @@ fn parses_a_full_config_with_defaults() {
     let c = ProxyConfig::parse("proxy.yaml", GOOD).unwrap();
     assert_eq!(c.service, "shop");
     assert_eq!(c.drain_wait_seconds, DRAIN_WAIT);
+    assert_eq!(c.max_downstream_connections, 16_384);
     let api = &c.inbound[0];
     assert_eq!((api.discovery_name.as_str(), api.app_protocol), ("api", AppProtocol::Http));
     assert_eq!(api.timeout.idle(), Some(Duration::from_secs(300)));
@@ -169,4 +170,15 @@ fn endpoint_health_is_read() {
     assert_eq!(c.outbound[0].endpoints[1].health, Health::Unhealthy);
     let e = only_error(&GOOD.replace("mesh: true", "mesh: true, health: SICK"));
     assert!(e.message.contains("HEALTHY"), "{e}");
+}
+
+#[test]
+fn max_downstream_connections_is_at_least_one() {
+    let c = ProxyConfig::parse("proxy.yaml", &format!("maxDownstreamConnections: 200\n{GOOD}")).unwrap();
+    assert_eq!(c.max_downstream_connections, 200);
+    let e = only_error(&format!("maxDownstreamConnections: 0\n{GOOD}"));
+    assert_eq!(e.field, "maxDownstreamConnections");
+    assert!(e.message.contains("at least 1"), "{e}");
+    let e = only_error(&format!("maxDownstreamConnections: -1\n{GOOD}"));
+    assert!(e.to_string().contains("maxDownstreamConnections"), "{e}");
 }

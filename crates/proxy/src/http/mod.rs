@@ -3,6 +3,7 @@
 //! sends it within the per-request timeout, retries what is safe to retry, and streams the
 //! response back.
 
+pub mod framing;
 mod headers;
 pub mod server;
 
@@ -114,6 +115,9 @@ impl Route {
             && is_grpc(&req)
         {
             grpc.inc();
+        }
+        if let Err(violation) = framing::check_request(&req) {
+            return Ok(framing::refuse(violation, req.version(), m));
         }
         let start = Instant::now();
         let deadline = self.per_request.map(|t| start + t);

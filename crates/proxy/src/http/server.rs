@@ -13,12 +13,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::Route;
+use super::{Route, framing};
 use crate::drain::{Phase, Watch};
+use crate::flood::FloodGuard;
 
 /// Design §5's hardened defaults.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
+const MAX_HEADER_BYTES: usize = framing::MAX_HEAD_BYTES;
+const MAX_HEADERS: usize = framing::MAX_FIELDS;
 const MAX_CONCURRENT_STREAMS: u32 = 100;
 const STREAM_WINDOW: u32 = 64 * 1024;
 const CONNECTION_WINDOW: u32 = 1024 * 1024;
@@ -64,10 +65,15 @@ pub async fn serve(
 ) {
     let activity = Arc::new(Activity::new());
     let requests = activity.clone();
-    let svc = service_fn(move |req: hyper::Request<Incoming>| {
-        route.clone().handle(req, ActiveRequest::start(requests.clone()))
+    // HTTP/1 bytes pass through the framing scanner, whose verdict each request carries.
+    let io = framing::Guard::new(FloodGuard::new(stream));
+    let verdicts = io.verdicts();
+    let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
+        verdicts.attach(&mut req);
+        let response = route.clone().handle(req, ActiveRequest::start(requests.clone()));
+        async move { response.await.map(framing::checked_response) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut closing = false;
     loop {

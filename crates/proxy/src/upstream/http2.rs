@@ -53,6 +53,8 @@ impl Connections for Shared {
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
+            // Design §5's 64 KiB of headers, as for HTTP/1 (hyper's default here is 16 KiB).
+            .max_header_list_size(64 * 1024)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(io)

@@ -1,0 +1,454 @@
+//! The byte-level HTTP/1 request scanner: framing rules hyper does not enforce, checked on
+//! the bytes before hyper parses them.
+
+use super::*;
+
+pub(super) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Visible characters and obs-text, as field values may hold (besides SP and HTAB).
+fn is_field_vchar(b: u8) -> bool {
+    (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+// ===== The raw HTTP/1 byte stream =====
+
+/// Where a [`Scanner`] is in an HTTP/1 connection's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line of a head or trailer section (see [`Scanner::section`]).
+    LineStart,
+    RequestLine,
+    Name,
+    Value,
+    /// A CR ended a line; the next byte must be LF.
+    Lf(Line),
+    /// A Content-Length body with this many bytes to go.
+    Body(u64),
+    ChunkSize,
+    /// After a chunk size: whitespace, then `;` or the end of the line.
+    ChunkWs,
+    ChunkExt,
+    ChunkData(u64),
+    /// A chunk's data has been read; its CR comes next.
+    ChunkEnd,
+    /// HTTP/2 with prior knowledge: not this scanner's to check.
+    Passthrough,
+    /// Framing cannot be trusted from here on.
+    Failed,
+}
+
+/// What the line that a CR ended was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// An empty line before a request line (RFC 9112 §2.2 allows ignoring it).
+    Leading,
+    Request,
+    Field,
+    /// The empty line that ends a head or trailer section.
+    SectionEnd,
+    ChunkSize,
+    ChunkData,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    RequestLine,
+    Head,
+    Trailers,
+}
+
+/// A few bytes of a line: enough to recognise the fields that decide framing and to read
+/// their values; longer content only sets `overflow`.
+#[derive(Debug, Clone, Copy)]
+struct Short {
+    buf: [u8; 48],
+    len: u8,
+    overflow: bool,
+}
+
+impl Default for Short {
+    fn default() -> Self {
+        Self { buf: [0; 48], len: 0, overflow: false }
+    }
+}
+
+impl Short {
+    fn push(&mut self, b: u8) {
+        match self.buf.get_mut(self.len as usize) {
+            Some(slot) => {
+                *slot = b;
+                self.len += 1;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0 && !self.overflow
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        (!self.overflow).then(|| &self.buf[..self.len as usize])
+    }
+}
+
+/// What a head has said about framing so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Framing {
+    content_length: Option<u64>,
+    transfer_encoding: Option<Result<(), Violation>>,
+    hosts: u8,
+    http10: bool,
+}
+
+/// Reads the bytes of one HTTP/1 connection as they arrive and judges every request's framing
+/// strictly by RFC 9112: CRLF line endings only, field names that are tokens with the colon
+/// right after them, no obs-fold, no control characters in values, one Content-Length or one
+/// `Transfer-Encoding: chunked` and never both, one Host, well-formed chunks and trailers. It
+/// keeps about a hundred bytes of state, whatever the traffic, and skips body data unread.
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    state: State,
+    section: Section,
+    /// Past the head of a chunked request: chunk lines and trailers. A violation here is the
+    /// body's, found after the request may have been handed on.
+    body: bool,
+    /// The connection's first request line is still to come (it may be HTTP/2's preface).
+    at_start: bool,
+    /// Bytes and fields of the current head or trailer section.
+    section_bytes: usize,
+    fields: usize,
+    /// The first bytes of the current line's field name (or of the request line), and of its
+    /// field value (or of the request line's last word).
+    name: Short,
+    value: Short,
+    /// Request line: spaces seen. Chunk-size line: digits seen.
+    count: u32,
+    /// Chunk-size line: its length so far, and the size.
+    chunk_line: usize,
+    chunk_size: u64,
+    framing: Framing,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A body violation at this offset of the bytes given to [`Scanner::feed`]: none of the bytes
+/// from there on may be passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokenBody {
+    pub at: usize,
+    pub violation: Violation,
+}
+
+const CR: u8 = b'\r';
+const LF: u8 = b'\n';
+
+impl Scanner {
+    pub fn new() -> Self {
+        Self {
+            state: State::LineStart,
+            section: Section::RequestLine,
+            body: false,
+            at_start: true,
+            section_bytes: 0,
+            fields: 0,
+            name: Short::default(),
+            value: Short::default(),
+            count: 0,
+            chunk_line: 0,
+            chunk_size: 0,
+            framing: Framing::default(),
+        }
+    }
+
+    /// Whether the connection turned out to be HTTP/2: nothing more to check.
+    pub fn is_passthrough(&self) -> bool {
+        self.state == State::Passthrough
+    }
+
+    /// Whether a violation was found: the connection's framing is unknown from there on.
+    pub fn has_failed(&self) -> bool {
+        self.state == State::Failed
+    }
+
+    /// Scans the next bytes of the connection. `on_head` gets the verdict on every request head
+    /// as soon as it is known: when the head ends, or at its first violation (after which the
+    /// scanner stops). A broken body is returned instead: the bytes from its offset on must not
+    /// be passed on.
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        mut on_head: impl FnMut(Result<(), Violation>),
+    ) -> Result<(), BrokenBody> {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                State::Passthrough | State::Failed => return Ok(()),
+                State::Body(left) => {
+                    let n = left.min((input.len() - i) as u64);
+                    i += n as usize;
+                    self.state = if n == left { self.next_message() } else { State::Body(left - n) };
+                    continue;
+                }
+                State::ChunkData(left) => {
+                    let n = left.min((input.len() - i) as u64);
+                    i += n as usize;
+                    self.state = if n == left { State::ChunkEnd } else { State::ChunkData(left - n) };
+                    continue;
+                }
+                _ => {}
+            }
+            match self.byte(input[i]) {
+                Ok(false) => {}
+                Ok(true) => on_head(Ok(())),
+                Err(violation) => {
+                    self.state = State::Failed;
+                    if !self.body {
+                        on_head(Err(violation));
+                    } else {
+                        return Err(BrokenBody { at: i, violation });
+                    }
+                }
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn next_message(&mut self) -> State {
+        self.section = Section::RequestLine;
+        self.body = false;
+        self.section_bytes = 0;
+        self.fields = 0;
+        self.framing = Framing::default();
+        State::LineStart
+    }
+
+    /// One byte outside body data; `Ok(true)` when it ended a request head.
+    fn byte(&mut self, b: u8) -> Result<bool, Violation> {
+        if !self.body || self.section == Section::Trailers {
+            self.section_bytes += 1;
+            if self.section_bytes > MAX_HEAD_BYTES {
+                return Err(if self.body { TRAILERS_TOO_LARGE } else { HEAD_TOO_LARGE });
+            }
+        }
+        match self.state {
+            State::LineStart => {
+                self.name.clear();
+                self.value.clear();
+                self.count = 0;
+                match (self.section, b) {
+                    (_, LF) => return Err(BARE_LF),
+                    (Section::RequestLine, CR) => self.state = State::Lf(Line::Leading),
+                    (Section::RequestLine, _) => {
+                        self.state = State::RequestLine;
+                        self.byte_of_request_line(b)?;
+                    }
+                    (_, CR) => self.state = State::Lf(Line::SectionEnd),
+                    (_, b' ' | b'\t') => return Err(malformed("obs-fold (a line starting with whitespace)")),
+                    _ => {
+                        self.state = State::Name;
+                        self.byte_of_name(b)?;
+                    }
+                }
+            }
+            State::RequestLine => match b {
+                CR => self.state = State::Lf(Line::Request),
+                LF => return Err(BARE_LF),
+                _ => self.byte_of_request_line(b)?,
+            },
+            State::Name => self.byte_of_name(b)?,
+            State::Value => match b {
+                CR => self.state = State::Lf(Line::Field),
+                LF => return Err(BARE_LF),
+                b' ' | b'\t' if self.value.is_empty() => {}
+                b' ' | b'\t' => self.value.push(b),
+                _ if is_field_vchar(b) => self.value.push(b),
+                _ => return Err(malformed("a control character in a field value")),
+            },
+            State::Lf(line) => {
+                if b != LF {
+                    return Err(BARE_CR);
+                }
+                return self.end_of_line(line);
+            }
+            State::ChunkSize | State::ChunkWs | State::ChunkExt => self.byte_of_chunk_line(b)?,
+            State::ChunkEnd => match b {
+                CR => self.state = State::Lf(Line::ChunkData),
+                _ => return Err(malformed("a chunk is longer than its size")),
+            },
+            State::Body(_) | State::ChunkData(_) | State::Passthrough | State::Failed => {
+                unreachable!("feed handles {:?}", self.state)
+            }
+        }
+        Ok(false)
+    }
+
+    fn byte_of_request_line(&mut self, b: u8) -> Result<(), Violation> {
+        self.name.push(b);
+        match b {
+            b' ' => {
+                // Exactly one space between method, target and version.
+                if self.value.is_empty() || self.count >= 2 {
+                    return Err(malformed("malformed request line"));
+                }
+                self.count += 1;
+                self.value.clear();
+            }
+            _ if self.count == 0 && !is_tchar(b) => return Err(malformed("invalid method")),
+            _ if b < b' ' || b == 0x7f => return Err(malformed("a control character in the request line")),
+            _ => self.value.push(b),
+        }
+        Ok(())
+    }
+
+    fn byte_of_name(&mut self, b: u8) -> Result<(), Violation> {
+        match b {
+            b':' if !self.name.is_empty() => self.state = State::Value,
+            _ if is_tchar(b) => self.name.push(b.to_ascii_lowercase()),
+            _ => return Err(malformed("invalid field name (or whitespace before the colon)")),
+        }
+        Ok(())
+    }
+
+    /// `chunk-size [ BWS ; chunk-ext ] CRLF`, the size in hex.
+    fn byte_of_chunk_line(&mut self, b: u8) -> Result<(), Violation> {
+        const BAD_SIZE: Violation = malformed("invalid chunk size");
+        self.chunk_line += 1;
+        if self.chunk_line > MAX_CHUNK_LINE {
+            return Err(malformed("chunk-size line too long"));
+        }
+        match (self.state, b) {
+            (_, LF) => return Err(BARE_LF),
+            (State::ChunkSize, _) if self.count == 0 && !b.is_ascii_hexdigit() => return Err(BAD_SIZE),
+            (_, CR) => self.state = State::Lf(Line::ChunkSize),
+            (State::ChunkSize | State::ChunkWs, b';') => self.state = State::ChunkExt,
+            (State::ChunkSize | State::ChunkWs, b' ' | b'\t') => self.state = State::ChunkWs,
+            (State::ChunkSize, _) => {
+                let digit = (b as char).to_digit(16).ok_or(BAD_SIZE)?;
+                self.count += 1;
+                self.chunk_size = self
+                    .chunk_size
+                    .checked_mul(16)
+                    .and_then(|n| n.checked_add(u64::from(digit)))
+                    .ok_or(malformed("chunk size too large"))?;
+            }
+            (State::ChunkWs, _) => return Err(BAD_SIZE),
+            (_, b' ' | b'\t') => {}
+            (_, _) if is_field_vchar(b) => {}
+            (_, _) => return Err(malformed("invalid chunk extension")),
+        }
+        Ok(())
+    }
+
+    /// A CRLF ended a line; `Ok(true)` when it ended a request head.
+    fn end_of_line(&mut self, line: Line) -> Result<bool, Violation> {
+        self.state = State::LineStart;
+        match line {
+            Line::Leading => {}
+            Line::Request => {
+                if self.at_start && self.name.get() == Some(b"PRI * HTTP/2.0".as_slice()) {
+                    self.state = State::Passthrough;
+                    return Ok(false);
+                }
+                self.at_start = false;
+                self.framing.http10 = match self.value.get() {
+                    Some(b"HTTP/1.1") if self.count == 2 => false,
+                    Some(b"HTTP/1.0") if self.count == 2 => true,
+                    _ => return Err(malformed("malformed request line or unsupported version")),
+                };
+                self.section = Section::Head;
+            }
+            Line::Field => {
+                self.fields += 1;
+                if self.fields > MAX_FIELDS {
+                    return Err(TOO_MANY_FIELDS);
+                }
+                if self.section == Section::Head {
+                    self.field()?;
+                }
+            }
+            Line::SectionEnd if self.section == Section::Trailers => self.state = self.next_message(),
+            Line::SectionEnd => {
+                self.end_of_head()?;
+                return Ok(true);
+            }
+            Line::ChunkSize if self.chunk_size == 0 => {
+                self.section = Section::Trailers;
+                self.section_bytes = 0;
+                self.fields = 0;
+            }
+            Line::ChunkSize => self.state = State::ChunkData(self.chunk_size),
+            Line::ChunkData => self.start_chunk(),
+        }
+        Ok(false)
+    }
+
+    fn start_chunk(&mut self) {
+        self.state = State::ChunkSize;
+        self.body = true;
+        self.count = 0;
+        self.chunk_line = 0;
+        self.chunk_size = 0;
+    }
+
+    /// A complete field line of a request head.
+    fn field(&mut self) -> Result<(), Violation> {
+        let value = self.value.get().map(<[u8]>::trim_ascii_end);
+        match self.name.get() {
+            Some(b"content-length") => {
+                if self.framing.content_length.is_some() {
+                    return Err(TWO_CL);
+                }
+                if self.framing.transfer_encoding.is_some() {
+                    return Err(CL_AND_TE);
+                }
+                self.framing.content_length = Some(value.and_then(parse_length).ok_or(BAD_CL)?);
+            }
+            Some(b"transfer-encoding") => {
+                if self.framing.transfer_encoding.is_some() {
+                    return Err(malformed("more than one Transfer-Encoding"));
+                }
+                if self.framing.content_length.is_some() {
+                    return Err(CL_AND_TE);
+                }
+                if self.framing.http10 {
+                    return Err(malformed("Transfer-Encoding in HTTP/1.0"));
+                }
+                let coding = value.map_or(Err(malformed("Transfer-Encoding too long")), transfer_coding);
+                self.framing.transfer_encoding = Some(coding);
+            }
+            Some(b"host") => {
+                self.framing.hosts += 1;
+                if self.framing.hosts > 1 {
+                    return Err(TWO_HOSTS);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The empty line ending a request head: where its body ends, or why it cannot be known.
+    fn end_of_head(&mut self) -> Result<(), Violation> {
+        match (self.framing.transfer_encoding, self.framing.content_length) {
+            (Some(coding), _) => {
+                coding?;
+                self.start_chunk();
+            }
+            (None, Some(n)) if n > 0 => self.state = State::Body(n),
+            (None, _) => self.state = self.next_message(),
+        }
+        Ok(())
+    }
+}
