@@ -1,8 +1,10 @@
 //! Turning a request or response received in one HTTP version into one fit to send in another.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
+
+use crate::error::ProxyError;
 
 /// Headers that describe one connection, never the message: never forwarded.
 const HOP_BY_HOP: [HeaderName; 6] = [
@@ -40,12 +42,17 @@ pub fn authority<B>(req: &Request<B>) -> Option<Authority> {
     })
 }
 
-/// Rewrites `req` to be sent over `version`, to `authority`.
-pub fn for_upstream<B>(req: &mut Request<B>, version: Version, authority: Authority) {
+/// Rewrites `req` to be sent over `version`, to `authority`. Fails, changing nothing but the
+/// hop-by-hop headers, when the request target cannot be expressed in that form.
+pub fn for_upstream<B>(
+    req: &mut Request<B>,
+    version: Version,
+    authority: Authority,
+) -> Result<(), ProxyError> {
     strip_hop_by_hop(req.headers_mut());
     let path = req.uri().path_and_query().cloned();
     let mut parts = http::uri::Parts::default();
-    parts.path_and_query = path.or_else(|| Some("/".parse().expect("static path")));
+    parts.path_and_query = Some(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
     if version == Version::HTTP_2 {
         parts.scheme = Some(req.uri().scheme().cloned().unwrap_or(Scheme::HTTP));
         parts.authority = Some(authority);
@@ -55,8 +62,11 @@ pub fn for_upstream<B>(req: &mut Request<B>, version: Version, authority: Author
     {
         req.headers_mut().insert(header::HOST, host);
     }
-    *req.uri_mut() = Uri::from_parts(parts).expect("a path with or without scheme and authority");
+    let uri = Uri::from_parts(parts)
+        .map_err(|_| ProxyError::BadRequest { reason: "the request target cannot be forwarded" })?;
+    *req.uri_mut() = uri;
     *req.version_mut() = version;
+    Ok(())
 }
 
 /// Rewrites an upstream response to be sent back over `version`.
@@ -79,7 +89,7 @@ mod tests {
             .body(())
             .unwrap();
         let authority = authority(&req).unwrap();
-        for_upstream(&mut req, Version::HTTP_2, authority);
+        for_upstream(&mut req, Version::HTTP_2, authority).unwrap();
         assert_eq!(req.uri(), "http://payment-service/pay?x=1");
         assert!(req.headers().get("host").is_none());
         assert!(req.headers().get("x-private").is_none());
@@ -91,9 +101,21 @@ mod tests {
     fn http2_to_http1_sets_host_and_origin_form() {
         let mut req = Request::get("http://orders:8080/api").version(Version::HTTP_2).body(()).unwrap();
         let authority = authority(&req).unwrap();
-        for_upstream(&mut req, Version::HTTP_11, authority);
+        for_upstream(&mut req, Version::HTTP_11, authority).unwrap();
         assert_eq!(req.uri(), "/api");
         assert_eq!(req.headers()["host"], "orders:8080");
+    }
+
+    #[test]
+    fn odd_request_targets_never_panic() {
+        for (method, target) in [("OPTIONS", "*"), ("CONNECT", "example.com:443"), ("GET", "/a?b")] {
+            for version in [Version::HTTP_11, Version::HTTP_2] {
+                let mut req = Request::builder().method(method).uri(target).body(()).unwrap();
+                let authority = Authority::from_static("svc:80");
+                // Either form is fine; what matters is an answer instead of a panic.
+                let _ = for_upstream(&mut req, version, authority);
+            }
+        }
     }
 
     #[test]

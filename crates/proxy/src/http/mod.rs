@@ -198,14 +198,15 @@ impl Route {
             let authority = authority.clone().unwrap_or_else(|| {
                 endpoint.addr.to_string().parse().expect("a socket address is an authority")
             });
-            headers::for_upstream(&mut req, endpoint.version, authority.clone());
+            headers::for_upstream(&mut req, endpoint.version, authority.clone())?;
             endpoint.load.begin();
             let sent_at = Instant::now();
             let again = replay.as_ref().map(|replay| {
                 let authority = authority.clone();
                 move || {
                     let mut req = replay.request();
-                    headers::for_upstream(&mut req, endpoint.version, authority.clone());
+                    // The same rewrite of the same request succeeded just above.
+                    let _ = headers::for_upstream(&mut req, endpoint.version, authority.clone());
                     req
                 }
             });
