@@ -212,9 +212,10 @@ pub struct Timeouts {
     /// Close a connection with no request in flight (tcp: no bytes) for this long.
     /// Default 300 s for HTTP, 3600 s for tcp.
     pub idle_timeout_seconds: Seconds,
-    /// Give up on a request whose response has not completed in this long (504). HTTP only.
-    /// Default 15 s.
-    pub per_request_timeout_seconds: Seconds,
+    /// Give up on a request whose response has not completed in this long (504). HTTP only:
+    /// absent for tcp. Default 15 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_request_timeout_seconds: Option<Seconds>,
     /// Give up on opening an upstream connection after this long. Default 1 s.
     pub connect_timeout_seconds: Seconds,
 }
@@ -225,7 +226,7 @@ impl Timeouts {
     }
 
     pub fn per_request(&self) -> Option<Duration> {
-        self.per_request_timeout_seconds.non_zero()
+        self.per_request_timeout_seconds.and_then(Seconds::non_zero)
     }
 
     pub fn connect(&self) -> Duration {
@@ -584,12 +585,14 @@ impl Validator<'_> {
                 idle_default,
                 MAX_TIMEOUT_SECS,
             ),
-            per_request_timeout_seconds: self.seconds(
-                &format!("{at}.perRequestTimeoutSeconds"),
-                raw.per_request_timeout_seconds,
-                PER_REQUEST_TIMEOUT,
-                MAX_TIMEOUT_SECS,
-            ),
+            per_request_timeout_seconds: protocol.is_http().then(|| {
+                self.seconds(
+                    &format!("{at}.perRequestTimeoutSeconds"),
+                    raw.per_request_timeout_seconds,
+                    PER_REQUEST_TIMEOUT,
+                    MAX_TIMEOUT_SECS,
+                )
+            }),
             connect_timeout_seconds: match raw.connect_timeout_seconds {
                 Some(0.0) => {
                     self.fail(format!("{at}.connectTimeoutSeconds"), "must be more than 0; the default is 1");

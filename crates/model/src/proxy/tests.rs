@@ -182,3 +182,13 @@ fn max_downstream_connections_is_at_least_one() {
     let e = only_error(&format!("maxDownstreamConnections: -1\n{GOOD}"));
     assert!(e.to_string().contains("maxDownstreamConnections"), "{e}");
 }
+
+#[test]
+fn the_effective_config_reads_back_as_the_same_config() {
+    let c = ProxyConfig::parse("proxy.yaml", GOOD).unwrap();
+    let effective = serde_json::to_string(&c).unwrap();
+    let again =
+        ProxyConfig::parse("effective.json", &effective).expect("the effective config is valid input");
+    assert_eq!(again, c);
+    assert!(c.outbound[1].timeout.per_request().is_none(), "tcp has no per-request timeout");
+}
