@@ -174,17 +174,14 @@ async fn f1_sigkill_of_one_backend_fails_no_request_and_ejects_it_at_once() {
 }
 
 /// F2: one of three backends accepts requests and never answers. Every request ends within the
-/// per-request timeout (0.5 s) plus a margin, the endpoint is ejected (no request reaches it
-/// while it is), and once it answers again it is re-admitted and gets its share.
-///
-/// The margin: the product's bound is 50 ms, but on a shared 2-core machine the test's own
-/// scheduling adds tens to hundreds of milliseconds, so this allows 300 ms. It still fails if
-/// the timeout does not fire (the request hangs) or a timed-out request is tried again
-/// (another 0.5 s at least).
+/// per-request timeout (0.5 s) plus 50 ms, as seen by the client, the endpoint is ejected (no
+/// request reaches it while it is), and once it answers again it is re-admitted and gets its
+/// share. (The slowest request typically ends 3–5 ms after the timeout, 11 ms with two busy
+/// loops competing for the machine's two cores.)
 #[tokio::test]
 async fn f2_a_backend_that_never_answers_costs_the_timeout_and_is_ejected_then_readmitted() {
     const TIMEOUT: Duration = Duration::from_millis(500);
-    const MARGIN: Duration = Duration::from_millis(300);
+    const MARGIN: Duration = Duration::from_millis(50);
     let backends = backends(&["ok0", "ok1", "hang"]).await;
     let hang = &backends[2];
     hang.set_delay(Duration::from_secs(3600));
