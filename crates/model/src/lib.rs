@@ -7,7 +7,9 @@
 
 mod duration;
 pub mod proxy;
+pub mod registry;
 mod source;
+pub mod spec;
 
 pub use duration::Seconds;
 pub use proxy::{

@@ -1,0 +1,407 @@
+use serde_json::{Value, json};
+
+use super::*;
+use crate::Seconds;
+
+const NS: &str = "shop.local";
+
+fn payment() -> Value {
+    json!({
+        "command": ["python3", "payment.py"],
+        "desiredCount": 2,
+        "portMappings": [{ "name": "api", "containerPort": 3001, "appProtocol": "http" }],
+        "healthCheck": { "command": ["CMD-SHELL", "python3 health.py"], "interval": 5, "timeout": 2, "retries": 3, "startPeriod": 5 },
+        "healthCheckGracePeriodSeconds": 30,
+        "deploymentConfiguration": { "minimumHealthyPercent": 100, "maximumPercent": 200 },
+        "serviceConnectConfiguration": {
+            "enabled": true,
+            "services": [{
+                "portName": "api",
+                "discoveryName": "payment-service",
+                "clientAliases": [{ "port": 80, "dnsName": "payment-service" }]
+            }]
+        }
+    })
+}
+
+fn spec(value: Value) -> ServiceSpec {
+    serde_json::from_value(value).expect("the spec deserializes")
+}
+
+fn valid(value: Value) -> Service {
+    spec(value).validate("payment", NS).unwrap_or_else(|e| panic!("unexpected errors:\n{e}"))
+}
+
+/// Applies `change` to the good spec and returns every error as `field: message`.
+fn errors(change: impl FnOnce(&mut Value)) -> Vec<FieldError> {
+    let mut value = payment();
+    change(&mut value);
+    match spec(value).validate("payment", NS) {
+        Ok(_) => panic!("the spec was accepted"),
+        Err(FieldErrors(errors)) => errors,
+    }
+}
+
+/// The change gives exactly one error, at `field`, whose message holds every fragment.
+#[track_caller]
+fn rejects(change: impl FnOnce(&mut Value), field: &str, fragments: &[&str]) {
+    let errors = errors(change);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    assert_eq!(errors[0].field, field, "{errors:#?}");
+    for fragment in fragments {
+        assert!(errors[0].message.contains(fragment), "`{fragment}` missing from `{}`", errors[0].message);
+    }
+}
+
+#[test]
+fn the_design_example_is_valid_with_defaults_filled_in() {
+    let service = valid(payment());
+    assert_eq!(service.desired_count, 2);
+    assert!(service.service_connect);
+    let [d] = service.discovery.as_slice() else { panic!("one entry: {:?}", service.discovery) };
+    assert_eq!(d.discovery_name, "payment-service");
+    assert_eq!(d.app_protocol, AppProtocol::Http);
+    assert_eq!(d.container_port, 3001);
+    assert_eq!(d.client_aliases, [Alias { dns_name: "payment-service".into(), port: 80 }]);
+    assert_eq!(d.timeout.idle_timeout_seconds, Seconds::from_secs(300));
+    assert_eq!(d.timeout.per_request_timeout_seconds, Some(Seconds::from_secs(15)));
+    assert_eq!(d.timeout.connect_timeout_seconds, Seconds::from_secs(1));
+    assert_eq!(service.retry_policy, RetryPolicy::default());
+    assert_eq!(service.ports[0].app_protocol, AppProtocol::Http);
+}
+
+#[test]
+fn a_spec_serializes_back_as_written() {
+    let written = payment();
+    assert_eq!(serde_json::to_value(spec(written.clone())).unwrap(), written);
+}
+
+#[test]
+fn discovery_name_defaults_to_port_name_and_dns_name_to_discovery_name_dot_namespace() {
+    let service = valid(json!({
+        "portMappings": [{ "name": "db", "containerPort": 5432 }],
+        "serviceConnectConfiguration": { "enabled": true, "services": [{ "portName": "db", "clientAliases": [{ "port": 5432 }] }] }
+    }));
+    let d = &service.discovery[0];
+    assert_eq!(d.discovery_name, "db");
+    assert_eq!(d.client_aliases[0].dns_name, "db.shop.local");
+    // tcp: the long idle timeout and no per-request timeout.
+    assert_eq!(d.app_protocol, AppProtocol::Tcp);
+    assert_eq!(d.timeout.idle_timeout_seconds, Seconds::from_secs(3600));
+    assert_eq!(d.timeout.per_request_timeout_seconds, None);
+}
+
+#[test]
+fn a_client_only_service_publishes_nothing() {
+    let service = valid(
+        json!({ "command": ["python3", "frontend.py"], "serviceConnectConfiguration": { "enabled": true } }),
+    );
+    assert!(service.service_connect);
+    assert!(service.discovery.is_empty());
+    assert_eq!(service.desired_count, 1);
+}
+
+#[test]
+fn a_disabled_block_publishes_nothing_but_is_still_checked() {
+    let mut value = payment();
+    value["serviceConnectConfiguration"]["enabled"] = json!(false);
+    let service = valid(value.clone());
+    assert!(!service.service_connect && service.discovery.is_empty());
+    value["serviceConnectConfiguration"]["services"][0]["portName"] = json!("nope");
+    assert!(spec(value).validate("payment", NS).is_err());
+}
+
+#[test]
+fn more_than_one_client_alias_is_allowed() {
+    let mut value = payment();
+    value["serviceConnectConfiguration"]["services"][0]["clientAliases"] =
+        json!([{ "port": 80, "dnsName": "payment" }, { "port": 8080, "dnsName": "payment" }]);
+    assert_eq!(valid(value).discovery[0].client_aliases.len(), 2);
+}
+
+#[test]
+fn unknown_fields_are_errors() {
+    let mut value = payment();
+    value["serviceConnectConfiguration"]["services"][0]["discoverName"] = json!("x");
+    let e = serde_json::from_value::<ServiceSpec>(value).unwrap_err().to_string();
+    assert!(e.contains("unknown field `discoverName`") && e.contains("discoveryName"), "{e}");
+    let e = serde_json::from_value::<ServiceSpec>(json!({ "replicas": 2 })).unwrap_err().to_string();
+    assert!(e.contains("unknown field `replicas`"), "{e}");
+}
+
+#[test]
+fn discovery_name_rules() {
+    let at = "serviceConnectConfiguration.services[0].discoveryName";
+    for bad in ["-payment", "Payment", "pay.ment", "", &"a".repeat(65)] {
+        rejects(
+            |v| v["serviceConnectConfiguration"]["services"][0]["discoveryName"] = json!(bad),
+            at,
+            &["a-z, 0-9"],
+        );
+    }
+    valid({
+        let mut v = payment();
+        v["serviceConnectConfiguration"]["services"][0]["discoveryName"] = json!("a".repeat(64));
+        v
+    });
+}
+
+#[test]
+fn dns_name_rules() {
+    let at = "serviceConnectConfiguration.services[0].clientAliases[0].dnsName";
+    for bad in ["Payment", "pay/ment", "", &"a".repeat(128)] {
+        rejects(
+            |v| v["serviceConnectConfiguration"]["services"][0]["clientAliases"][0]["dnsName"] = json!(bad),
+            at,
+            &["a-z, 0-9, `_`, `.` and `-`"],
+        );
+    }
+}
+
+#[test]
+fn a_default_dns_name_too_long_is_reported_on_the_alias() {
+    let long_ns = format!("{}.{}", "a".repeat(63), "b".repeat(63));
+    let value = json!({
+        "portMappings": [{ "name": "api", "containerPort": 1 }],
+        "serviceConnectConfiguration": { "enabled": true, "services": [{ "portName": "api", "discoveryName": "a-rather-long-discovery-name", "clientAliases": [{ "port": 80 }] }] }
+    });
+    let errors = spec(value).validate("payment", &long_ns).unwrap_err().0;
+    assert_eq!(errors[0].field, "serviceConnectConfiguration.services[0].clientAliases[0].dnsName");
+    assert!(errors[0].message.contains("default dnsName"), "{}", errors[0].message);
+}
+
+#[test]
+fn port_name_must_name_a_port_mapping() {
+    rejects(
+        |v| v["serviceConnectConfiguration"]["services"][0]["portName"] = json!("web"),
+        "serviceConnectConfiguration.services[0].portName",
+        &["`web` names no port mapping", "expected one of: api"],
+    );
+    rejects(
+        |v| v["publish"] = json!([{ "portName": "web", "hostPort": 8080 }]),
+        "publish[0].portName",
+        &["`web`"],
+    );
+}
+
+#[test]
+fn a_per_request_timeout_on_a_tcp_port_is_an_error() {
+    rejects(
+        |v| {
+            v["portMappings"][0]["appProtocol"] = Value::Null;
+            v["serviceConnectConfiguration"]["services"][0]["timeout"] =
+                json!({ "perRequestTimeoutSeconds": 5 });
+        },
+        "serviceConnectConfiguration.services[0].timeout.perRequestTimeoutSeconds",
+        &["tcp", "appProtocol"],
+    );
+}
+
+#[test]
+fn timeouts_zero_disables_and_out_of_range_is_an_error() {
+    let mut value = payment();
+    value["serviceConnectConfiguration"]["services"][0]["timeout"] =
+        json!({ "idleTimeoutSeconds": 0, "perRequestTimeoutSeconds": 0 });
+    let timeout = valid(value).discovery[0].timeout;
+    assert_eq!(timeout.idle(), None);
+    assert_eq!(timeout.per_request(), None);
+    rejects(
+        |v| v["serviceConnectConfiguration"]["services"][0]["timeout"] = json!({ "idleTimeoutSeconds": -1 }),
+        "serviceConnectConfiguration.services[0].timeout.idleTimeoutSeconds",
+        &["out of range"],
+    );
+    rejects(
+        |v| {
+            v["serviceConnectConfiguration"]["services"][0]["timeout"] = json!({ "connectTimeoutSeconds": 0 })
+        },
+        "serviceConnectConfiguration.services[0].timeout.connectTimeoutSeconds",
+        &["more than 0"],
+    );
+}
+
+#[test]
+fn names_and_ports_unique_within_the_service() {
+    rejects(
+        |v| {
+            v["portMappings"] =
+                json!([{ "name": "api", "containerPort": 1 }, { "name": "api", "containerPort": 2 }])
+        },
+        "portMappings[1].name",
+        &["also names portMappings[0]"],
+    );
+    rejects(
+        |v| {
+            v["portMappings"] =
+                json!([{ "name": "api", "containerPort": 1 }, { "name": "web", "containerPort": 1 }])
+        },
+        "portMappings[1].containerPort",
+        &["also portMappings[0]"],
+    );
+    let errors = errors(|v| {
+        v["portMappings"] =
+            json!([{ "name": "api", "containerPort": 1 }, { "name": "web", "containerPort": 2 }]);
+        v["serviceConnectConfiguration"]["services"] = json!([
+            { "portName": "api", "discoveryName": "same", "clientAliases": [{ "port": 80, "dnsName": "x" }] },
+            { "portName": "web", "discoveryName": "same", "clientAliases": [{ "port": 80, "dnsName": "x" }] }
+        ]);
+    });
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "serviceConnectConfiguration.services[1].discoveryName",
+            "serviceConnectConfiguration.services[1].clientAliases[0].dnsName"
+        ]
+    );
+    rejects(
+        |v| {
+            let services = v["serviceConnectConfiguration"]["services"].as_array_mut().unwrap();
+            services.push(json!({ "portName": "api", "discoveryName": "other" }));
+        },
+        "serviceConnectConfiguration.services[1].portName",
+        &["already published"],
+    );
+    rejects(
+        |v| {
+            v["publish"] =
+                json!([{ "portName": "api", "hostPort": 8080 }, { "portName": "api", "hostPort": 8080 }])
+        },
+        "publish[1].hostPort",
+        &["publish each host port once"],
+    );
+}
+
+#[test]
+fn ports_must_not_be_zero() {
+    rejects(
+        |v| v["portMappings"][0]["containerPort"] = json!(0),
+        "portMappings[0].containerPort",
+        &["1 to 65535"],
+    );
+    rejects(
+        |v| v["serviceConnectConfiguration"]["services"][0]["clientAliases"][0]["port"] = json!(0),
+        "serviceConnectConfiguration.services[0].clientAliases[0].port",
+        &["1 to 65535"],
+    );
+    rejects(
+        |v| v["serviceConnectConfiguration"]["services"][0]["ingressPortOverride"] = json!(0),
+        "serviceConnectConfiguration.services[0].ingressPortOverride",
+        &["1 to 65535"],
+    );
+}
+
+#[test]
+fn the_namespace_in_the_block_must_be_this_one() {
+    valid({
+        let mut v = payment();
+        v["serviceConnectConfiguration"]["namespace"] = json!(NS);
+        v
+    });
+    rejects(
+        |v| v["serviceConnectConfiguration"]["namespace"] = json!("other.local"),
+        "serviceConnectConfiguration.namespace",
+        &["`other.local` is not this service's namespace `shop.local`"],
+    );
+}
+
+#[test]
+fn health_check_rules() {
+    rejects(|v| v["healthCheck"]["command"] = json!([]), "healthCheck.command", &["empty", "CMD-SHELL"]);
+    rejects(|v| v["healthCheck"]["command"] = json!(["SHELL", "x"]), "healthCheck.command[0]", &["`SHELL`"]);
+    rejects(|v| v["healthCheck"]["command"] = json!(["CMD"]), "healthCheck.command", &["program"]);
+    rejects(
+        |v| v["healthCheck"]["command"] = json!(["CMD-SHELL", "a", "b"]),
+        "healthCheck.command",
+        &["one shell"],
+    );
+    rejects(|v| v["healthCheck"]["interval"] = json!(1), "healthCheck.interval", &["5 to 300"]);
+    rejects(|v| v["healthCheck"]["timeout"] = json!(61), "healthCheck.timeout", &["2 to 60"]);
+    rejects(|v| v["healthCheck"]["retries"] = json!(0), "healthCheck.retries", &["1 to 10"]);
+    rejects(|v| v["healthCheck"]["startPeriod"] = json!(301), "healthCheck.startPeriod", &["0 to 300"]);
+    valid({
+        let mut v = payment();
+        v["healthCheck"] = json!({ "command": ["CMD", "/bin/true"] });
+        v
+    });
+}
+
+#[test]
+fn deployment_rules() {
+    let at = "deploymentConfiguration";
+    rejects(
+        |v| v[at]["minimumHealthyPercent"] = json!(101),
+        &format!("{at}.minimumHealthyPercent"),
+        &["0 to 100"],
+    );
+    rejects(|v| v[at]["maximumPercent"] = json!(99), &format!("{at}.maximumPercent"), &["100 to 200"]);
+    rejects(
+        |v| v[at] = json!({ "minimumHealthyPercent": 100, "maximumPercent": 100 }),
+        &format!("{at}.maximumPercent"),
+        &["more than minimumHealthyPercent"],
+    );
+}
+
+#[test]
+fn command_and_retry_policy_rules() {
+    rejects(|v| v["command"] = json!(["", "x"]), "command[0]", &["empty"]);
+    rejects(|v| v["retryPolicy"] = json!({ "maxRetries": 11 }), "retryPolicy.maxRetries", &["0 to 10"]);
+    rejects(|v| v["retryPolicy"] = json!({ "retryOn": [503, 404] }), "retryPolicy.retryOn[1]", &["5xx"]);
+    rejects(
+        |v| v["retryPolicy"] = json!({ "budgetPercent": 101 }),
+        "retryPolicy.budgetPercent",
+        &["0 to 100"],
+    );
+    let mut value = payment();
+    value["retryPolicy"] = json!({ "maxRetries": 0 });
+    assert_eq!(valid(value).retry_policy.max_retries, 0);
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let errors = errors(|v| {
+        v["portMappings"][0]["containerPort"] = json!(0);
+        v["healthCheck"]["interval"] = json!(1);
+        v["serviceConnectConfiguration"]["services"][0]["discoveryName"] = json!("-x");
+    });
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+}
+
+fn service(name: &str, discovery: &str, aliases: &[(&str, u16)]) -> Service {
+    let aliases: Vec<Value> = aliases.iter().map(|(d, p)| json!({ "dnsName": d, "port": p })).collect();
+    spec(json!({
+        "portMappings": [{ "name": "api", "containerPort": 3000, "appProtocol": "http" }],
+        "serviceConnectConfiguration": { "enabled": true, "services": [{ "portName": "api", "discoveryName": discovery, "clientAliases": aliases }] }
+    }))
+    .validate(name, NS)
+    .unwrap()
+}
+
+#[test]
+fn namespace_wide_uniqueness() {
+    let billing = service("billing", "billing", &[("billing", 80)]);
+    let clash = service("payment", "billing", &[("billing", 80), ("billing", 81)]);
+    let errors = namespace_conflicts(&clash, [&billing]);
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "serviceConnectConfiguration.services[0].discoveryName",
+            "serviceConnectConfiguration.services[0].clientAliases[0].dnsName"
+        ]
+    );
+    assert!(errors[0].message.contains("service `billing`"), "{}", errors[0].message);
+    assert!(errors[1].message.contains("`billing:80`"), "{}", errors[1].message);
+    // The same name on another port, or a service's own previous version, is no conflict.
+    assert!(namespace_conflicts(&service("payment", "payment", &[("billing", 81)]), [&billing]).is_empty());
+    assert!(namespace_conflicts(&service("billing", "billing", &[("billing", 80)]), [&billing]).is_empty());
+}
+
+#[test]
+fn errors_are_placed_in_a_file_under_a_prefix() {
+    let text = "services:\n  payment:\n    portMappings:\n      - { name: api, containerPort: 0 }\n";
+    let source = Source::parse("tether.yaml", text).unwrap();
+    let errors = FieldErrors(vec![FieldError::new("portMappings[0].containerPort", "must be a port")]);
+    let located = errors.locate(&source, "services.payment");
+    assert_eq!(located.0[0].field, "services.payment.portMappings[0].containerPort");
+    assert_eq!(located.0[0].line, 4);
+}
