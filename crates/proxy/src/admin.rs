@@ -3,12 +3,14 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
+use tether_model::ProxyConfig;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
@@ -18,14 +20,23 @@ use crate::drain::Trigger;
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub struct Admin {
-    pub registry: Registry,
-    pub config_json: String,
-    pub drain: Trigger,
+    registry: Registry,
+    /// The effective config, as `/config` shows it.
+    config_json: ArcSwap<String>,
+    drain: Trigger,
 }
 
 impl Admin {
-    pub async fn run(self, socket: TcpListener) {
-        let admin = Arc::new(self);
+    pub fn new(registry: Registry, config: &ProxyConfig, drain: Trigger) -> Self {
+        Self { registry, config_json: ArcSwap::from_pointee(to_json(config)), drain }
+    }
+
+    pub fn set_config(&self, config: &ProxyConfig) {
+        self.config_json.store(Arc::new(to_json(config)));
+    }
+
+    pub async fn run(self: Arc<Self>, socket: TcpListener) {
+        let admin = self;
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         loop {
             let stream = match socket.accept().await {
@@ -66,7 +77,7 @@ impl Admin {
                 }
             }
             (&Method::GET, "/config") => {
-                with_type(text(StatusCode::OK, self.config_json.clone()), "application/json")
+                with_type(text(StatusCode::OK, String::clone(&self.config_json.load())), "application/json")
             }
             (&Method::POST, "/drain") => {
                 if !self.drain.is_draining() {
@@ -84,6 +95,10 @@ impl Admin {
             ),
         }
     }
+}
+
+fn to_json(config: &ProxyConfig) -> String {
+    serde_json::to_string_pretty(config).expect("the config serializes")
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {

@@ -4,43 +4,60 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use tether_model::{Inbound, Limits, LoadBalancing, OutlierDetection, RetryPolicy};
 
 use crate::http::server::Peer;
-use crate::http::{HttpEndpoint, Route, RouteSettings};
-use crate::listener::{BindError, Listener, Serve};
+use crate::http::{EndpointSpec, Route, RouteSettings};
+use crate::listener::Serve;
 use crate::metrics::Metrics;
-use crate::tcp::TcpRoute;
-use crate::upstream::{ClientConfig, Pending};
+use crate::tcp::{TcpRoute, TcpSettings};
 
-pub async fn listener(config: &Inbound, metrics: &Metrics) -> Result<Listener, BindError> {
+/// What an inbound listener serves, built from its config.
+pub fn serve(config: &Inbound, metrics: &Metrics) -> Serve {
     let m = metrics.inbound(&config.discovery_name);
     let name = config.port_name.clone();
-    let timeouts = config.timeout;
-    let limits = Limits::default();
-    let serve = if config.app_protocol.is_http() {
-        let client = ClientConfig {
-            http2: config.app_protocol.is_http2(),
-            connect_timeout: timeouts.connect(),
-            idle_timeout: timeouts.idle(),
-            max_connections: limits.max_connections,
-            pending: Arc::new(Pending::new(&name, limits.max_pending_requests)),
-        };
-        let app = HttpEndpoint::new(config.target, true, client);
-        let settings = RouteSettings {
-            policy: LoadBalancing::RoundRobin,
-            timeouts,
-            retry: RetryPolicy::none(),
-            outlier_detection: OutlierDetection::disabled(),
-            limits,
-        };
-        let route = Route::new(name, vec![app], settings, m);
-        Serve::Http { route: Arc::new(route), peer: Peer::Untrusted, idle: timeouts.idle() }
+    if config.app_protocol.is_http() {
+        let route = Route::new(name, &[app(config)], route_settings(config), m);
+        Serve::Http { route: Arc::new(route), peer: Peer::Untrusted }
     } else {
-        let app = vec![(config.target, true)];
-        let route =
-            TcpRoute::new(name, app, LoadBalancing::RoundRobin, &timeouts, OutlierDetection::disabled(), m);
-        Serve::Tcp(Arc::new(route))
-    };
-    Listener::bind("inbound", &config.port_name, config.listen, serve).await
+        Serve::Tcp(Arc::new(TcpRoute::new(name, &[(config.target, true)], tcp_settings(config), m)))
+    }
+}
+
+/// Moves a listener to a changed config: its routes are updated in place when they are of the
+/// same kind (keeping connections and endpoint state), and replaced otherwise.
+pub fn update(serve: &ArcSwap<Serve>, config: &Inbound, metrics: &Metrics) {
+    match &**serve.load() {
+        Serve::Http { route, .. } if config.app_protocol.is_http() => {
+            route.update(&[app(config)], route_settings(config))
+        }
+        Serve::Tcp(route) if !config.app_protocol.is_http() => {
+            route.update(&[(config.target, true)], tcp_settings(config))
+        }
+        _ => serve.store(Arc::new(self::serve(config, metrics))),
+    }
+}
+
+fn app(config: &Inbound) -> EndpointSpec {
+    EndpointSpec { addr: config.target, healthy: true, http2: config.app_protocol.is_http2() }
+}
+
+fn route_settings(config: &Inbound) -> RouteSettings {
+    RouteSettings {
+        policy: LoadBalancing::RoundRobin,
+        timeouts: config.timeout,
+        retry: RetryPolicy::none(),
+        outlier_detection: OutlierDetection::disabled(),
+        limits: Limits::default(),
+    }
+}
+
+fn tcp_settings(config: &Inbound) -> TcpSettings {
+    TcpSettings {
+        policy: LoadBalancing::RoundRobin,
+        timeouts: config.timeout,
+        outlier_detection: OutlierDetection::disabled(),
+    }
 }

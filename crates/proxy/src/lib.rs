@@ -11,6 +11,7 @@
 mod admin;
 mod balance;
 mod body;
+pub mod discovery;
 mod drain;
 mod error;
 mod flood;
@@ -23,12 +24,16 @@ mod resilience;
 mod tcp;
 mod upstream;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use tether_model::ProxyConfig;
+use tether_model::{Inbound, Outbound, ProxyConfig};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 pub use drain::Phase;
@@ -40,16 +45,36 @@ pub use listener::BindError;
 
 use admin::Admin;
 use drain::Drain;
-use listener::{ConnectionLimit, Listener};
+use listener::{ConnectionLimit, Listener, Serve};
 use metrics::Metrics;
 
 pub struct Proxy {
     config: ProxyConfig,
+    metrics: Metrics,
     admin: Admin,
     admin_socket: TcpListener,
     listeners: Vec<Listener>,
-    limit: std::sync::Arc<ConnectionLimit>,
+    limit: Arc<ConnectionLimit>,
     drain: Drain,
+}
+
+/// A new config for a running proxy ([`Proxy::run_with_updates`]), and where to say whether it
+/// was applied. A refused update changes nothing.
+pub struct Update {
+    pub config: ProxyConfig,
+    pub done: oneshot::Sender<Result<(), BindError>>,
+}
+
+/// Identifies a listener across configs.
+type ListenerKey = (&'static str, String);
+
+/// A listener that is serving, and how to change or stop it.
+struct Running {
+    /// The listen address as configured (port 0 stays 0), to tell whether it moved.
+    listen: SocketAddr,
+    serve: Arc<ArcSwap<Serve>>,
+    /// Dropping it stops the listener.
+    _stop: oneshot::Sender<()>,
 }
 
 impl Proxy {
@@ -58,41 +83,56 @@ impl Proxy {
         let mut registry = Registry::with_prefix("tether");
         let metrics = Metrics::register(&mut registry, &config.service);
         let admin_socket = listener::bind("admin", "admin", config.admin).await?;
-        let mut listeners = Vec::with_capacity(config.inbound.len() + config.outbound.len());
-        for inbound in &config.inbound {
-            listeners.push(inbound::listener(inbound, &metrics).await?);
-        }
-        for outbound in &config.outbound {
-            listeners.push(outbound::listener(outbound, &metrics).await?);
+        let mut bound = Vec::with_capacity(config.inbound.len() + config.outbound.len());
+        for listener in listeners(&config) {
+            bound.push(listener.bind(&metrics).await?);
         }
         let limit =
             ConnectionLimit::new(config.max_downstream_connections, metrics.downstream_overflows.clone());
         let drain = Drain::new();
-        let config_json = serde_json::to_string_pretty(&config).expect("the config serializes");
-        let admin = Admin { registry, config_json, drain: drain.trigger() };
-        Ok(Self { config, admin, admin_socket, listeners, limit, drain })
-    }
-
-    /// `(kind, name, address)` of every bound socket, the admin endpoint first.
-    pub fn local_addrs(&self) -> Vec<(&'static str, String, SocketAddr)> {
-        let admin = self.admin_socket.local_addr().expect("a bound socket has an address");
-        std::iter::once(("admin", "admin".to_owned(), admin))
-            .chain(self.listeners.iter().map(|l| (l.kind, l.name.clone(), l.local_addr())))
-            .collect()
+        let admin = Admin::new(registry, &config, drain.trigger());
+        Ok(Self { config, metrics, admin, admin_socket, listeners: bound, limit, drain })
     }
 
     /// Serves until `shutdown` resolves or a drain is requested at the admin endpoint, then
     /// drains: readiness turns false, new connections are still served for the drain wait,
     /// then listeners close and in-flight requests get the drain grace to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Self { config, admin, admin_socket, listeners, limit, drain } = self;
-        tokio::spawn(admin.run(admin_socket));
-        for listener in listeners {
-            tokio::spawn(listener.run(drain.watch(), limit.clone()));
+        let (_updates, none) = mpsc::channel(1);
+        self.run_with_updates(shutdown, none).await;
+    }
+
+    /// Like [`run`](Self::run), and applies each config that arrives on `updates` while serving.
+    pub async fn run_with_updates(
+        self,
+        shutdown: impl Future<Output = ()>,
+        mut updates: mpsc::Receiver<Update>,
+    ) {
+        let Self { mut config, metrics, admin, admin_socket, listeners, limit, drain } = self;
+        let mut running = HashMap::new();
+        for (configured, listener) in self::listeners(&config).zip(listeners) {
+            running.insert(configured.key(), start(listener, configured.listen(), &drain, &limit));
         }
-        tokio::select! {
-            () = shutdown => {}
-            () = drain.requested() => {}
+        // Last, so that every `listening` line is out before `/ready` answers.
+        let admin = Arc::new(admin);
+        if let Ok(addr) = admin_socket.local_addr() {
+            info!(kind = %"admin", name = %"admin", %addr, "listening");
+        }
+        tokio::spawn(admin.clone().run(admin_socket));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = drain.requested() => break,
+                Some(update) = updates.recv() => {
+                    let applied = apply(&mut running, &update.config, &metrics, &drain, &limit).await;
+                    if applied.is_ok() {
+                        config = update.config;
+                        admin.set_config(&config);
+                    }
+                    let _ = update.done.send(applied);
+                }
+            }
         }
         let wait = config.drain_wait_seconds.0;
         info!(?wait, "draining: readiness is false, still serving new connections");
@@ -107,4 +147,94 @@ impl Proxy {
             info!("drained");
         }
     }
+}
+
+/// One listener's part of the config.
+#[derive(Clone, Copy)]
+enum ListenerConfig<'a> {
+    Inbound(&'a Inbound),
+    Outbound(&'a Outbound),
+}
+
+impl ListenerConfig<'_> {
+    fn key(&self) -> ListenerKey {
+        match self {
+            Self::Inbound(c) => ("inbound", c.port_name.clone()),
+            Self::Outbound(c) => ("outbound", c.dns_name.clone()),
+        }
+    }
+
+    fn listen(&self) -> SocketAddr {
+        match self {
+            Self::Inbound(c) => c.listen,
+            Self::Outbound(c) => c.listen,
+        }
+    }
+
+    async fn bind(&self, metrics: &Metrics) -> Result<Listener, BindError> {
+        let (kind, name) = self.key();
+        let serve = match self {
+            Self::Inbound(c) => inbound::serve(c, metrics),
+            Self::Outbound(c) => outbound::serve(c, metrics),
+        };
+        Listener::bind(kind, &name, self.listen(), serve).await
+    }
+
+    fn update(&self, serve: &ArcSwap<Serve>, metrics: &Metrics) {
+        match self {
+            Self::Inbound(c) => inbound::update(serve, c, metrics),
+            Self::Outbound(c) => outbound::update(serve, c, metrics),
+        }
+    }
+}
+
+fn listeners(config: &ProxyConfig) -> impl Iterator<Item = ListenerConfig<'_>> {
+    let inbound = config.inbound.iter().map(ListenerConfig::Inbound);
+    inbound.chain(config.outbound.iter().map(ListenerConfig::Outbound))
+}
+
+fn start(listener: Listener, listen: SocketAddr, drain: &Drain, limit: &Arc<ConnectionLimit>) -> Running {
+    info!(kind = %listener.kind, name = %listener.name, addr = %listener.local_addr(), "listening");
+    let (stop, stopped) = oneshot::channel();
+    let serve = listener.serve();
+    tokio::spawn(listener.run(drain.watch(), limit.clone(), stopped));
+    Running { listen, serve, _stop: stop }
+}
+
+/// Moves the running listeners to `config`. A listener that keeps its address is updated in
+/// place (its routes keep their connections and endpoint state); new or moved listeners are
+/// bound first, and only when every one of them could be bound does anything change.
+async fn apply(
+    running: &mut HashMap<ListenerKey, Running>,
+    config: &ProxyConfig,
+    metrics: &Metrics,
+    drain: &Drain,
+    limit: &Arc<ConnectionLimit>,
+) -> Result<(), BindError> {
+    let mut bound = Vec::new();
+    for listener in listeners(config) {
+        let key = listener.key();
+        if running.get(&key).is_none_or(|r| r.listen != listener.listen()) {
+            bound.push((key, listener.listen(), listener.bind(metrics).await?));
+        }
+    }
+    // Everything could be bound: from here on nothing fails.
+    let wanted: Vec<ListenerConfig> = listeners(config).collect();
+    running.retain(|key, _| {
+        let stays = wanted.iter().any(|l| &l.key() == key);
+        if !stays {
+            info!(kind = %key.0, name = %key.1, "listener removed");
+        }
+        stays
+    });
+    for listener in wanted {
+        let key = listener.key();
+        if let Some(r) = running.get(&key).filter(|_| !bound.iter().any(|(k, ..)| *k == key)) {
+            listener.update(&r.serve, metrics);
+        }
+    }
+    for (key, listen, listener) in bound {
+        running.insert(key, start(listener, listen, drain, limit));
+    }
+    Ok(())
 }

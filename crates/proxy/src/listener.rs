@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, warn};
 
 use crate::drain::{Phase, Watch};
@@ -16,8 +17,11 @@ use crate::http::Route;
 use crate::http::server::{self, Peer};
 use crate::tcp::TcpRoute;
 
+/// What a listener does with its connections. Clones share the routes, so a route updated
+/// through one clone changes what the running listener does.
+#[derive(Clone)]
 pub enum Serve {
-    Http { route: Arc<Route>, peer: Peer, idle: Option<Duration> },
+    Http { route: Arc<Route>, peer: Peer },
     Tcp(Arc<TcpRoute>),
 }
 
@@ -25,7 +29,9 @@ pub struct Listener {
     pub kind: &'static str,
     pub name: String,
     socket: TcpListener,
-    serve: Serve,
+    /// Read once per accepted connection, so that a config change reaches new connections
+    /// without rebinding the socket.
+    serve: Arc<ArcSwap<Serve>>,
 }
 
 /// Failing to bind a listener: which one, where, and why.
@@ -60,24 +66,28 @@ impl Listener {
         serve: Serve,
     ) -> Result<Self, BindError> {
         let socket = bind(kind, name, addr).await?;
-        Ok(Self { kind, name: name.to_owned(), socket, serve })
+        Ok(Self { kind, name: name.to_owned(), socket, serve: Arc::new(ArcSwap::from_pointee(serve)) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.socket.local_addr().expect("a bound socket has an address")
     }
 
-    /// Accepts connections until the proxy closes.
+    /// What the listener serves; storing into it changes that for the connections that follow.
+    pub fn serve(&self) -> Arc<ArcSwap<Serve>> {
+        self.serve.clone()
+    }
+
+    /// Accepts connections until the proxy closes or `stop`'s sender is dropped (the listener
+    /// left the config); connections already accepted carry on.
     /// A connection beyond `limit` is accepted and closed at once: leaving it in the backlog
     /// would only fill the backlog, and the peer learns at once that it must go elsewhere.
-    pub async fn run(self, mut drain: Watch, limit: Arc<ConnectionLimit>) {
-        let builder = match &self.serve {
-            Serve::Http { peer, .. } => Some(Arc::new(server::builder(*peer))),
-            Serve::Tcp(_) => None,
-        };
+    pub async fn run(self, mut drain: Watch, limit: Arc<ConnectionLimit>, mut stop: oneshot::Receiver<()>) {
+        let mut builders: [Option<Arc<auto::Builder<TokioExecutor>>>; 2] = [None, None];
         loop {
             let accepted = tokio::select! {
                 _ = drain.reached(Phase::Closing) => break,
+                _ = &mut stop => break,
                 accepted = self.socket.accept() => accepted,
             };
             let (stream, peer) = match accepted {
@@ -97,11 +107,12 @@ impl Listener {
             };
             debug!(listener = %self.name, %peer, "accepted");
             let _ = stream.set_nodelay(true);
-            match &self.serve {
-                Serve::Http { route, idle, .. } => {
-                    let builder: Arc<auto::Builder<TokioExecutor>> =
-                        builder.clone().expect("http listeners have a builder");
-                    let serve = server::serve(stream, route.clone(), builder, *idle, drain.clone());
+            match &**self.serve.load() {
+                Serve::Http { route, peer } => {
+                    let builder = builders[*peer as usize]
+                        .get_or_insert_with(|| Arc::new(server::builder(*peer)))
+                        .clone();
+                    let serve = server::serve(stream, route.clone(), builder, route.idle(), drain.clone());
                     tokio::spawn(async move {
                         serve.await;
                         drop(permit);

@@ -1,52 +1,77 @@
 //! Outbound: a client alias. The app's traffic is balanced across the alias's usable
 //! endpoints; HTTP to another sidecar travels as HTTP/2 whatever the app spoke.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use tether_model::{Health, Outbound};
 
 use crate::http::server::Peer;
-use crate::http::{HttpEndpoint, Route, RouteSettings};
-use crate::listener::{BindError, Listener, Serve};
+use crate::http::{EndpointSpec, Route, RouteSettings};
+use crate::listener::Serve;
 use crate::metrics::Metrics;
-use crate::tcp::TcpRoute;
-use crate::upstream::{ClientConfig, Pending};
+use crate::tcp::{TcpRoute, TcpSettings};
 
-pub async fn listener(config: &Outbound, metrics: &Metrics) -> Result<Listener, BindError> {
+/// What an outbound listener serves, built from its config.
+pub fn serve(config: &Outbound, metrics: &Metrics) -> Serve {
     let m = metrics.outbound(&config.dns_name);
     let name = config.dns_name.clone();
-    let timeouts = config.timeout;
-    let healthy = |health: Health| health == Health::Healthy;
-    let serve = if config.app_protocol.is_http() {
-        let pending = Arc::new(Pending::new(&name, config.limits.max_pending_requests));
-        let endpoints = config
-            .endpoints
-            .iter()
-            .map(|e| {
-                let client = ClientConfig {
-                    http2: e.mesh || config.app_protocol.is_http2(),
-                    connect_timeout: timeouts.connect(),
-                    idle_timeout: timeouts.idle(),
-                    max_connections: config.limits.max_connections,
-                    pending: pending.clone(),
-                };
-                HttpEndpoint::new(e.address, healthy(e.health), client)
-            })
-            .collect();
-        let settings = RouteSettings {
-            policy: config.load_balancing,
-            timeouts,
-            retry: config.retry_policy.clone(),
-            outlier_detection: config.outlier_detection,
-            limits: config.limits,
-        };
-        let route = Route::new(name, endpoints, settings, m);
-        Serve::Http { route: Arc::new(route), peer: Peer::App, idle: timeouts.idle() }
+    if config.app_protocol.is_http() {
+        let route = Route::new(name, &http_endpoints(config), route_settings(config), m);
+        Serve::Http { route: Arc::new(route), peer: Peer::App }
     } else {
-        let endpoints = config.endpoints.iter().map(|e| (e.address, healthy(e.health))).collect();
-        let route =
-            TcpRoute::new(name, endpoints, config.load_balancing, &timeouts, config.outlier_detection, m);
-        Serve::Tcp(Arc::new(route))
+        Serve::Tcp(Arc::new(TcpRoute::new(name, &tcp_endpoints(config), tcp_settings(config), m)))
+    }
+}
+
+/// Moves a listener to a changed config: its routes are updated in place when they are of the
+/// same kind (keeping connections and endpoint state), and replaced otherwise.
+pub fn update(serve: &ArcSwap<Serve>, config: &Outbound, metrics: &Metrics) {
+    match &**serve.load() {
+        Serve::Http { route, .. } if config.app_protocol.is_http() => {
+            route.update(&http_endpoints(config), route_settings(config))
+        }
+        Serve::Tcp(route) if !config.app_protocol.is_http() => {
+            route.update(&tcp_endpoints(config), tcp_settings(config))
+        }
+        _ => serve.store(Arc::new(self::serve(config, metrics))),
+    }
+}
+
+fn healthy(health: Health) -> bool {
+    health == Health::Healthy
+}
+
+fn http_endpoints(config: &Outbound) -> Vec<EndpointSpec> {
+    let http2 = config.app_protocol.is_http2();
+    let spec = |e: &tether_model::Endpoint| EndpointSpec {
+        addr: e.address,
+        healthy: healthy(e.health),
+        http2: e.mesh || http2,
     };
-    Listener::bind("outbound", &config.dns_name, config.listen, serve).await
+    config.endpoints.iter().map(spec).collect()
+}
+
+fn route_settings(config: &Outbound) -> RouteSettings {
+    RouteSettings {
+        policy: config.load_balancing,
+        timeouts: config.timeout,
+        retry: config.retry_policy.clone(),
+        outlier_detection: config.outlier_detection,
+        limits: config.limits,
+    }
+}
+
+fn tcp_endpoints(config: &Outbound) -> Vec<(SocketAddr, bool)> {
+    config.endpoints.iter().map(|e| (e.address, healthy(e.health))).collect()
+}
+
+fn tcp_settings(config: &Outbound) -> TcpSettings {
+    TcpSettings {
+        policy: config.load_balancing,
+        timeouts: config.timeout,
+        outlier_detection: config.outlier_detection,
+    }
 }

@@ -6,10 +6,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -19,78 +20,79 @@ use tracing::debug;
 use crate::balance::{Balancer, Load};
 use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
-use crate::resilience::{Outcome, Outliers};
+use crate::resilience::{Outcome, OutlierState, Outliers};
 use crate::upstream::connect;
 use tether_model::{LoadBalancing, OutlierDetection, Timeouts};
 
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
+/// Where the connections of one tcp listener go; like [`crate::http::Route`], what it routes
+/// to is replaced whole when the config changes.
 pub struct TcpRoute {
     name: String,
-    endpoints: Vec<TcpEndpoint>,
-    balancer: Balancer,
-    outliers: Outliers,
-    connect_timeout: Duration,
-    idle: Option<Duration>,
+    current: ArcSwap<TcpRouting>,
     metrics: ListenerMetrics,
+}
+
+/// How a tcp route treats its endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpSettings {
+    pub policy: LoadBalancing,
+    pub timeouts: Timeouts,
+    pub outlier_detection: OutlierDetection,
+}
+
+struct TcpRouting {
+    settings: TcpSettings,
+    endpoints: Vec<Arc<TcpEndpoint>>,
+    balancer: Balancer,
+    outliers: Arc<Outliers>,
 }
 
 struct TcpEndpoint {
     addr: SocketAddr,
-    healthy: bool,
+    healthy: AtomicBool,
     load: Load,
+    outlier: OutlierState,
 }
 
 impl TcpRoute {
     /// `endpoints`: each address, and whether it is healthy.
     pub fn new(
         name: String,
-        endpoints: Vec<(SocketAddr, bool)>,
-        policy: LoadBalancing,
-        timeouts: &Timeouts,
-        outlier_detection: OutlierDetection,
+        endpoints: &[(SocketAddr, bool)],
+        settings: TcpSettings,
         metrics: ListenerMetrics,
     ) -> Self {
-        let r = &metrics.resilience;
-        r.endpoints_total.set(endpoints.len() as i64);
-        r.endpoints_healthy.set(endpoints.iter().filter(|e| e.1).count() as i64);
-        let outliers = Outliers::new(
-            outlier_detection,
-            endpoints.len(),
-            r.ejections.clone(),
-            r.endpoints_ejected.clone(),
-        );
-        Self {
-            name,
-            endpoints: endpoints
-                .into_iter()
-                .map(|(addr, healthy)| TcpEndpoint { addr, healthy, load: Load::new() })
-                .collect(),
-            balancer: Balancer::new(policy),
-            outliers,
-            connect_timeout: timeouts.connect(),
-            idle: timeouts.idle(),
-            metrics,
-        }
+        let routing = TcpRouting::build(endpoints, settings, None, &metrics);
+        Self { name, current: ArcSwap::from_pointee(routing), metrics }
+    }
+
+    /// Sends new connections by `settings` to `endpoints`; see [`crate::http::Route::update`].
+    pub fn update(&self, endpoints: &[(SocketAddr, bool)], settings: TcpSettings) {
+        let previous = self.current.load();
+        let routing = TcpRouting::build(endpoints, settings, Some(&previous), &self.metrics);
+        self.current.store(Arc::new(routing));
     }
 
     pub async fn serve(self: Arc<Self>, downstream: TcpStream) {
         self.metrics.requests.inc();
         let _open = self.metrics.connection();
-        let (upstream, i) = match self.connect().await {
+        let r = self.current.load_full();
+        let (upstream, endpoint) = match self.connect(&r).await {
             Ok(connected) => connected,
             Err(error) => {
                 debug!(route = %self.name, %error, "tcp connection refused");
                 return;
             }
         };
-        let _outstanding = self.endpoints[i].load.start();
+        let _outstanding = endpoint.load.start();
         let activity = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let mut down = Tracked::new(downstream, &self.metrics.bytes, &activity, epoch);
         let mut up = Tracked::new(upstream, &self.metrics.bytes, &activity, epoch);
         let copy = tokio::io::copy_bidirectional(&mut down, &mut up);
-        let result = match self.idle {
+        let result = match r.settings.timeouts.idle() {
             None => copy.await,
             Some(limit) => tokio::select! {
                 r = copy => r,
@@ -106,38 +108,82 @@ impl TcpRoute {
     }
 
     /// Connects to a usable endpoint, trying others (at most three in all) when connecting fails.
-    async fn connect(&self) -> Result<(TcpStream, usize), ProxyError> {
+    async fn connect(&self, r: &TcpRouting) -> Result<(TcpStream, Arc<TcpEndpoint>), ProxyError> {
         let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
+        let connect_timeout = r.settings.timeouts.connect();
         loop {
-            let cost = |i: usize| self.endpoints[i].load.cost();
-            let usable = |i: usize| self.endpoints[i].healthy && !self.outliers.is_ejected(i);
-            let Some(choice) = self.balancer.pick(self.endpoints.len(), cost, usable, &tried) else {
+            let cost = |i: usize| r.endpoints[i].load.cost();
+            let usable = |i: usize| {
+                let e = &r.endpoints[i];
+                e.healthy.load(Ordering::Relaxed) && !r.outliers.is_ejected(&e.outlier)
+            };
+            let Some(choice) = r.balancer.pick(r.endpoints.len(), cost, usable, &tried) else {
                 return Err(ProxyError::NoEndpoints { target: self.name.clone() });
             };
             if choice.fell_back {
                 self.metrics.resilience.no_healthy_endpoints.inc();
             }
             let i = choice.index;
-            let endpoint = &self.endpoints[i];
+            let endpoint = &r.endpoints[i];
             let start = Instant::now();
-            let connected = connect(endpoint.addr, self.connect_timeout).await;
+            let connected = connect(endpoint.addr, connect_timeout).await;
             // A connect that failed or timed out is latency too (see http::Route::forward).
-            endpoint.load.observe_attempt(start.elapsed(), connected.is_ok(), self.connect_timeout);
+            endpoint.load.observe_attempt(start.elapsed(), connected.is_ok(), connect_timeout);
             match connected {
                 Ok(stream) => {
-                    self.outliers.record(i, Outcome::Success);
-                    return Ok((stream, i));
+                    r.outliers.record(&endpoint.outlier, Outcome::Success, r.endpoints.len());
+                    return Ok((stream, endpoint.clone()));
                 }
                 Err(error) => {
-                    self.outliers.record(i, Outcome::GatewayFailure);
+                    r.outliers.record(&endpoint.outlier, Outcome::GatewayFailure, r.endpoints.len());
                     tried.push(i);
-                    if tried.len() >= MAX_CONNECT_ATTEMPTS.min(self.endpoints.len()) {
+                    if tried.len() >= MAX_CONNECT_ATTEMPTS.min(r.endpoints.len()) {
                         return Err(error);
                     }
                     debug!(route = %self.name, %error, "trying another endpoint");
                 }
             }
         }
+    }
+}
+
+impl TcpRouting {
+    fn build(
+        specs: &[(SocketAddr, bool)],
+        settings: TcpSettings,
+        previous: Option<&TcpRouting>,
+        metrics: &ListenerMetrics,
+    ) -> Self {
+        let m = &metrics.resilience;
+        let same = previous.filter(|p| p.settings == settings);
+        let endpoints: Vec<Arc<TcpEndpoint>> = specs
+            .iter()
+            .map(|&(addr, healthy)| match same.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr)) {
+                Some(e) => {
+                    e.healthy.store(healthy, Ordering::Relaxed);
+                    e.clone()
+                }
+                None => Arc::new(TcpEndpoint {
+                    addr,
+                    healthy: AtomicBool::new(healthy),
+                    load: Load::new(),
+                    outlier: OutlierState::default(),
+                }),
+            })
+            .collect();
+        let outliers = match same {
+            Some(p) => p.outliers.clone(),
+            None => Arc::new(Outliers::new(
+                settings.outlier_detection,
+                m.ejections.clone(),
+                m.endpoints_ejected.clone(),
+            )),
+        };
+        outliers.recount(endpoints.iter().map(|e| &e.outlier));
+        m.endpoints_total.set(endpoints.len() as i64);
+        m.endpoints_healthy
+            .set(endpoints.iter().filter(|e| e.healthy.load(Ordering::Relaxed)).count() as i64);
+        Self { balancer: Balancer::new(settings.policy), endpoints, outliers, settings }
     }
 }
 

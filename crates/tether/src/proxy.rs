@@ -1,4 +1,5 @@
-//! `tether proxy`: run a sidecar (or a plain client-side load balancer) from a static file.
+//! `tether proxy`: run a sidecar (or a plain client-side load balancer) from a static file, or
+//! a sidecar fed by the control plane.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,12 +27,44 @@ const EXIT_BAD_CONFIG: u8 = 64;
 /// With only `outbound` it is a client-side load balancer. SIGTERM (or POST /drain on the admin
 /// endpoint) drains gracefully; a second signal exits at once. A config that cannot be used
 /// exits with status 64 and a message naming the file, line and field.
+///
+/// With --server instead of --config, the control plane streams the config (the same model),
+/// the proxy keeps its last good config in --state-dir and serves from it whenever the control
+/// plane cannot be reached, also after a restart:
+///
+///   tether proxy --server http://127.0.0.1:7700 --namespace shop --service web --task web-1
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// The config file (YAML or JSON).
-    #[arg(long, short, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(long, short, value_name = "FILE", required_unless_present = "server", conflicts_with = "server")]
+    config: Option<PathBuf>,
+    /// The control plane to take the config from, e.g. http://127.0.0.1:7700.
+    #[arg(long, value_name = "URL", requires_all = ["namespace", "service", "task"])]
+    server: Option<String>,
+    /// The bearer token for the control plane (with --server).
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The namespace of the task this sidecar serves.
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The service of the task this sidecar serves.
+    #[arg(long)]
+    service: Option<String>,
+    /// The task this sidecar serves.
+    #[arg(long)]
+    task: Option<String>,
+    /// The admin endpoint's address (with --server; a config file names its own).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    admin: std::net::SocketAddr,
+    /// Where the last good config is kept (with --server). Default: a folder for the task
+    /// under the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Bind every outbound listener on this address, on a port the system picks, instead of
+    /// the alias's own address and port (several sidecars on one host without sandboxes).
+    #[arg(long, value_name = "IP")]
+    outbound_ip: Option<std::net::IpAddr>,
     /// Worker threads; 1 runs everything on one thread, the lightest footprint.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -41,6 +74,9 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> ExitCode {
+    if let Some(server) = args.server.clone() {
+        return fed::main(args, server);
+    }
     let config = match load(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -62,28 +98,93 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn load(args: &Args) -> Result<ProxyConfig, String> {
-    let name = args.config.display().to_string();
-    let text = std::fs::read_to_string(&args.config)
-        .map_err(|e| format!("{name}: cannot read the config file: {e}"))?;
+    let path = args.config.as_deref().unwrap_or(std::path::Path::new("-"));
+    let name = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{name}: cannot read the config file: {e}"))?;
     ProxyConfig::parse(&name, &text).map_err(|errors| format!("invalid config:\n{errors}"))
 }
 
-fn run(config: ProxyConfig, threads: u16) -> anyhow::Result<()> {
+fn runtime(threads: u16) -> anyhow::Result<tokio::runtime::Runtime> {
     raise_open_files_limit();
-    let runtime = if threads == 1 {
+    if threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads.into()).enable_all().build()
     }
-    .context("starting the runtime")?;
-    runtime.block_on(async {
+    .context("starting the runtime")
+}
+
+fn run(config: ProxyConfig, threads: u16) -> anyhow::Result<()> {
+    runtime(threads)?.block_on(async {
         let proxy = Proxy::bind(config).await?;
-        for (kind, name, addr) in proxy.local_addrs() {
-            info!(%kind, %name, %addr, "listening");
-        }
         proxy.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// `tether proxy --server`: the config comes from the control plane.
+mod fed {
+    use super::*;
+    use tether_proxy::discovery::{Discovery, Settings};
+
+    pub fn main(args: Args, server: String) -> ExitCode {
+        let (Some(namespace), Some(service), Some(task)) = (args.namespace, args.service, args.task) else {
+            unreachable!("clap requires --namespace, --service and --task with --server");
+        };
+        let Some(token) = args.token else {
+            eprintln!("no token: pass --token or set TETHER_TOKEN");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        };
+        let state_dir = args
+            .state_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("tether").join(&namespace).join(&task));
+        let settings = Settings {
+            server,
+            token,
+            namespace,
+            service,
+            task,
+            admin: args.admin,
+            state_dir,
+            outbound_ip: args.outbound_ip,
+        };
+        match runtime(args.threads).and_then(|rt| rt.block_on(run(settings))) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn run(settings: Settings) -> anyhow::Result<()> {
+        let mut discovery = Discovery::new(settings);
+        let saved = discovery.load_saved()?;
+        let (updates, mut incoming) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(discovery.run(updates));
+        let proxy = match saved {
+            Some(config) => Proxy::bind(config).await?,
+            None => loop {
+                info!("waiting for the first config from the control plane");
+                let Some(first) = incoming.recv().await else {
+                    anyhow::bail!("the config stream ended before the first config");
+                };
+                match Proxy::bind(first.config).await {
+                    Ok(proxy) => {
+                        let _ = first.done.send(Ok(()));
+                        break proxy;
+                    }
+                    Err(error) => {
+                        warn!(%error, "the first config cannot be served");
+                        let _ = first.done.send(Err(error));
+                    }
+                }
+            },
+        };
+        proxy.run_with_updates(shutdown_signal(), incoming).await;
+        Ok(())
+    }
 }
 
 /// Every connection is a file descriptor, and the usual soft limit (1024) is far below what a

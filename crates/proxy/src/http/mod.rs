@@ -10,9 +10,10 @@ pub mod server;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -25,30 +26,52 @@ use crate::balance::{Balancer, Load};
 use crate::body::{OnEnd, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
-use crate::resilience::{Outcome, Outliers, RetryBudget};
-use crate::upstream::{self, ClientConfig, HttpClient, Pooled, SendError, Sent};
+use crate::resilience::{Outcome, OutlierState, Outliers, RetryBudget};
+use crate::upstream::{self, ClientConfig, HttpClient, Pending, Pooled, SendError, Sent};
 use server::ActiveRequest;
 
 /// Request bodies up to this size, with a known length, are kept so the request can be retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
-/// One endpoint reachable over HTTP, with what the balancer knows of it.
+/// One endpoint reachable over HTTP, with what the balancer and outlier detection know of it.
 pub struct HttpEndpoint {
     addr: SocketAddr,
     version: Version,
-    healthy: bool,
+    healthy: AtomicBool,
     load: Load,
+    outlier: OutlierState,
     client: HttpClient,
 }
 
+/// An endpoint as the config gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    /// HTTP/2 to it (another sidecar, or an h2c/gRPC app); HTTP/1.1 otherwise.
+    pub http2: bool,
+}
+
 impl HttpEndpoint {
-    pub fn new(addr: SocketAddr, healthy: bool, client: ClientConfig) -> Self {
-        let version = if client.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
-        Self { addr, version, healthy, load: Load::new(), client: HttpClient::new(addr, client) }
+    fn new(spec: EndpointSpec, client: ClientConfig) -> Self {
+        let version = if spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+        Self {
+            addr: spec.addr,
+            version,
+            healthy: AtomicBool::new(spec.healthy),
+            load: Load::new(),
+            outlier: OutlierState::default(),
+            client: HttpClient::new(spec.addr, client),
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 }
 
 /// How a route treats its endpoints.
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteSettings {
     pub policy: LoadBalancing,
     pub timeouts: Timeouts,
@@ -57,53 +80,58 @@ pub struct RouteSettings {
     pub limits: Limits,
 }
 
-/// Where the requests of one listener go.
+/// Where the requests of one listener go. It lives as long as its listener; what it routes to
+/// ([`Routing`]) is replaced whole when the config changes, and each request keeps the one it
+/// started with.
 pub struct Route {
     name: String,
+    current: ArcSwap<Routing>,
+    in_flight: Arc<AtomicU32>,
+    metrics: ListenerMetrics,
+}
+
+/// A route's endpoints and settings, as of one config.
+struct Routing {
+    settings: RouteSettings,
     endpoints: Vec<Arc<HttpEndpoint>>,
     balancer: Balancer,
     per_request: Option<Duration>,
     /// What a failed attempt costs an endpoint in the balancer's eyes, at least.
     failure_cost: Duration,
-    retry: RetryPolicy,
-    budget: RetryBudget,
-    outliers: Outliers,
-    max_requests: u32,
-    in_flight: Arc<AtomicU32>,
-    metrics: ListenerMetrics,
+    budget: Arc<RetryBudget>,
+    outliers: Arc<Outliers>,
+    pending: Arc<Pending>,
 }
 
 impl Route {
     pub fn new(
         name: String,
-        endpoints: Vec<HttpEndpoint>,
+        endpoints: &[EndpointSpec],
         settings: RouteSettings,
         metrics: ListenerMetrics,
     ) -> Self {
-        let r = &metrics.resilience;
-        r.endpoints_total.set(endpoints.len() as i64);
-        r.endpoints_healthy.set(endpoints.iter().filter(|e| e.healthy).count() as i64);
-        let outliers = Outliers::new(
-            settings.outlier_detection,
-            endpoints.len(),
-            r.ejections.clone(),
-            r.endpoints_ejected.clone(),
-        );
+        let routing = Routing::build(&name, endpoints, settings, None, &metrics);
         Self {
             name,
-            endpoints: endpoints.into_iter().map(Arc::new).collect(),
-            balancer: Balancer::new(settings.policy),
-            per_request: settings.timeouts.per_request(),
-            failure_cost: settings.timeouts.connect(),
-            budget: RetryBudget::new(settings.retry.budget_percent, settings.retry.budget_min_per_second),
-            retry: settings.retry,
-            outliers,
-            max_requests: settings.limits.max_requests,
+            current: ArcSwap::from_pointee(routing),
             in_flight: Arc::new(AtomicU32::new(0)),
             metrics,
         }
     }
 
+    /// Routes new requests by `settings` to `endpoints`. With the same settings, endpoints that
+    /// stay keep their connections, load and outlier history; requests already on their way
+    /// finish where they are.
+    pub fn update(&self, endpoints: &[EndpointSpec], settings: RouteSettings) {
+        let previous = self.current.load();
+        let routing = Routing::build(&self.name, endpoints, settings, Some(&previous), &self.metrics);
+        self.current.store(Arc::new(routing));
+    }
+
+    /// The idle timeout of downstream connections.
+    pub fn idle(&self) -> Option<Duration> {
+        self.current.load().settings.timeouts.idle()
+    }
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
@@ -119,16 +147,18 @@ impl Route {
         if let Err(violation) = framing::check_request(&req) {
             return Ok(framing::refuse(violation, req.version(), m));
         }
+        let r = self.current.load_full();
         let start = Instant::now();
-        let deadline = self.per_request.map(|t| start + t);
+        let deadline = r.per_request.map(|t| start + t);
         let downstream = req.version();
         let req = req.map(|body| ProxyBody::incoming(body).count_bytes(m.bytes.clone()));
-        let result = match self.admit() {
-            Some(in_flight) => self.forward(req, deadline).await.map(|sent| (sent, in_flight)),
+        let max_requests = r.settings.limits.max_requests;
+        let result = match self.admit(max_requests) {
+            Some(in_flight) => self.forward(&r, req, deadline).await.map(|sent| (sent, in_flight)),
             None => Err(ProxyError::Overflow {
                 target: self.name.clone(),
                 limit: "maxRequests",
-                max: self.max_requests,
+                max: max_requests,
             }),
         };
         match result {
@@ -161,8 +191,7 @@ impl Route {
     }
 
     /// Counts a request in flight, unless `maxRequests` are already.
-    fn admit(&self) -> Option<InFlight> {
-        let max = self.max_requests;
+    fn admit(&self, max: u32) -> Option<InFlight> {
         let admitted =
             self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         admitted.is_ok().then(|| InFlight(self.in_flight.clone()))
@@ -172,13 +201,14 @@ impl Route {
     /// budget allows: a request that never left, or an idempotent one whose body is kept.
     async fn forward(
         &self,
+        r: &Routing,
         req: Request<ProxyBody>,
         deadline: Option<Instant>,
     ) -> Result<(Sent, Arc<HttpEndpoint>), ProxyError> {
-        self.budget.request();
+        r.budget.request();
         let authority = headers::authority(&req);
-        let (mut unsent, replay) = self.keep_for_replay(req, deadline).await?;
-        let attempts = 1 + self.retry.max_retries as usize;
+        let (mut unsent, replay) = self.keep_for_replay(r, req, deadline).await?;
+        let attempts = 1 + r.settings.retry.max_retries as usize;
         let mut tried = Tried::default();
         loop {
             let mut req = match (unsent.take(), &replay) {
@@ -186,7 +216,7 @@ impl Route {
                 (None, Some(replay)) => replay.request(),
                 (None, None) => unreachable!("a request that cannot be sent again is never retried"),
             };
-            let Some(choice) = self.pick(tried.as_slice()) else {
+            let Some(choice) = r.pick(tried.as_slice()) else {
                 return Err(ProxyError::NoEndpoints { target: self.name.clone() });
             };
             if choice.fell_back {
@@ -194,7 +224,7 @@ impl Route {
             }
             let i = choice.index;
             tried.push(i);
-            let endpoint = &self.endpoints[i];
+            let endpoint = &r.endpoints[i];
             let authority = authority.clone().unwrap_or_else(|| {
                 endpoint.addr.to_string().parse().expect("a socket address is an authority")
             });
@@ -219,14 +249,14 @@ impl Route {
             // The balancer learns each attempt's time on the endpoint it went to, failures
             // included: one whose connects time out must look slow, not untried, and the time
             // lost on it must not be charged to the endpoint that answered the retry.
-            endpoint.load.observe_attempt(sent_at.elapsed(), matches!(sent, Ok(Ok(_))), self.failure_cost);
+            endpoint.load.observe_attempt(sent_at.elapsed(), matches!(sent, Ok(Ok(_))), r.failure_cost);
             let retries_left = tried.len() < attempts;
             match sent {
                 Ok(Ok(sent)) => {
                     let status = sent.response.status();
-                    self.outliers.record(i, outcome_of(status));
-                    let retry = self.retry.retry_on.contains(&status.as_u16()) && replay.is_some();
-                    if retry && retries_left && self.take_retry() {
+                    r.outliers.record(&endpoint.outlier, outcome_of(status), r.endpoints.len());
+                    let retry = r.settings.retry.retry_on.contains(&status.as_u16()) && replay.is_some();
+                    if retry && retries_left && self.take_retry(r) {
                         endpoint.load.finish();
                         tracing::debug!(route = %self.name, endpoint = %endpoint.addr, %status, "retrying");
                         discard(sent, deadline).await;
@@ -236,14 +266,14 @@ impl Route {
                 }
                 Err(_elapsed) => {
                     endpoint.load.finish();
-                    self.outliers.record(i, Outcome::GatewayFailure);
-                    let timeout = self.per_request.unwrap_or_default();
+                    r.outliers.record(&endpoint.outlier, Outcome::GatewayFailure, r.endpoints.len());
+                    let timeout = r.per_request.unwrap_or_default();
                     return Err(ProxyError::RequestTimeout { endpoint: endpoint.addr, timeout });
                 }
                 Ok(Err(SendError { error, request })) => {
                     endpoint.load.finish();
                     if error.is_gateway_failure() {
-                        self.outliers.record(i, Outcome::GatewayFailure);
+                        r.outliers.record(&endpoint.outlier, Outcome::GatewayFailure, r.endpoints.len());
                     }
                     // A request handed back unsent may go anywhere, whatever its method; one
                     // that may have reached the app only as a kept copy (idempotent, small
@@ -254,7 +284,7 @@ impl Route {
                         (None, error) => replay.is_some() && error.is_gateway_failure(),
                     };
                     // A request that never left costs the apps nothing: it needs no budget.
-                    if retryable && retries_left && (error.never_sent() || self.take_retry()) {
+                    if retryable && retries_left && (error.never_sent() || self.take_retry(r)) {
                         if error.never_sent() {
                             self.metrics.resilience.retries.inc();
                         }
@@ -273,15 +303,17 @@ impl Route {
     /// [`MAX_REPLAY_BODY`], which is read whole first.
     async fn keep_for_replay(
         &self,
+        r: &Routing,
         req: Request<ProxyBody>,
         deadline: Option<Instant>,
     ) -> Result<(Option<Request<ProxyBody>>, Option<Replay>), ProxyError> {
         let small = req.body().size_hint().exact().is_some_and(|n| n <= MAX_REPLAY_BODY);
-        if self.retry.max_retries == 0 || !upstream::is_idempotent(&req) || !small {
+        if r.settings.retry.max_retries == 0 || !upstream::is_idempotent(&req) || !small {
             return Ok((Some(req), None));
         }
         let (parts, body) = req.into_parts();
-        let body = if body.is_end_stream() { Bytes::new() } else { self.read_body(body, deadline).await? };
+        let body =
+            if body.is_end_stream() { Bytes::new() } else { self.read_body(r, body, deadline).await? };
         let replay = Replay {
             method: parts.method,
             uri: parts.uri,
@@ -292,31 +324,108 @@ impl Route {
         Ok((None, Some(replay)))
     }
 
-    async fn read_body(&self, body: ProxyBody, deadline: Option<Instant>) -> Result<Bytes, ProxyError> {
+    async fn read_body(
+        &self,
+        r: &Routing,
+        body: ProxyBody,
+        deadline: Option<Instant>,
+    ) -> Result<Bytes, ProxyError> {
         let collect = body.collect();
         let body = match deadline {
-            Some(at) => tokio::time::timeout_at(at, collect).await.map_err(|_| {
-                ProxyError::RequestBodyTimeout { timeout: self.per_request.unwrap_or_default() }
-            })?,
+            Some(at) => tokio::time::timeout_at(at, collect)
+                .await
+                .map_err(|_| ProxyError::RequestBodyTimeout { timeout: r.per_request.unwrap_or_default() })?,
             None => collect.await,
         }
         .map_err(|_| ProxyError::BadRequest { reason: "the request body could not be read" })?;
         Ok(body.to_bytes())
     }
 
-    fn take_retry(&self) -> bool {
-        let r = &self.metrics.resilience;
-        if self.budget.try_retry() {
-            r.retries.inc();
+    fn take_retry(&self, r: &Routing) -> bool {
+        let m = &self.metrics.resilience;
+        if r.budget.try_retry() {
+            m.retries.inc();
             true
         } else {
-            r.retry_budget_exhausted.inc();
+            m.retry_budget_exhausted.inc();
             false
+        }
+    }
+}
+
+impl Routing {
+    fn build(
+        name: &str,
+        specs: &[EndpointSpec],
+        settings: RouteSettings,
+        previous: Option<&Routing>,
+        metrics: &ListenerMetrics,
+    ) -> Self {
+        let m = &metrics.resilience;
+        let same = previous.filter(|p| p.settings == settings);
+        let pending = match same {
+            Some(p) => p.pending.clone(),
+            None => Arc::new(Pending::new(name, settings.limits.max_pending_requests)),
+        };
+        let client = |spec: &EndpointSpec| ClientConfig {
+            http2: spec.http2,
+            connect_timeout: settings.timeouts.connect(),
+            idle_timeout: settings.timeouts.idle(),
+            max_connections: settings.limits.max_connections,
+            pending: pending.clone(),
+        };
+        let endpoints: Vec<Arc<HttpEndpoint>> = specs
+            .iter()
+            .map(|spec| {
+                let kept = same.and_then(|p| {
+                    p.endpoints
+                        .iter()
+                        .find(|e| e.addr == spec.addr && (e.version == Version::HTTP_2) == spec.http2)
+                });
+                match kept {
+                    Some(e) => {
+                        e.healthy.store(spec.healthy, Ordering::Relaxed);
+                        e.clone()
+                    }
+                    None => Arc::new(HttpEndpoint::new(*spec, client(spec))),
+                }
+            })
+            .collect();
+        let outliers = match same {
+            Some(p) => p.outliers.clone(),
+            None => Arc::new(Outliers::new(
+                settings.outlier_detection,
+                m.ejections.clone(),
+                m.endpoints_ejected.clone(),
+            )),
+        };
+        outliers.recount(endpoints.iter().map(|e| &e.outlier));
+        m.endpoints_total.set(endpoints.len() as i64);
+        m.endpoints_healthy.set(endpoints.iter().filter(|e| e.healthy()).count() as i64);
+        let budget = match previous.filter(|p| p.settings.retry == settings.retry) {
+            Some(p) => p.budget.clone(),
+            None => Arc::new(RetryBudget::new(
+                settings.retry.budget_percent,
+                settings.retry.budget_min_per_second,
+            )),
+        };
+        Self {
+            endpoints,
+            balancer: Balancer::new(settings.policy),
+            per_request: settings.timeouts.per_request(),
+            failure_cost: settings.timeouts.connect(),
+            budget,
+            outliers,
+            pending,
+            settings,
         }
     }
 
     fn pick(&self, tried: &[usize]) -> Option<crate::balance::Choice> {
-        let usable = |i: usize| self.endpoints[i].healthy && !self.outliers.is_ejected(i);
+        let usable = |i: usize| {
+            let e = &self.endpoints[i];
+            e.healthy() && !self.outliers.is_ejected(&e.outlier)
+        };
         self.balancer.pick(self.endpoints.len(), |i| self.endpoints[i].load.cost(), usable, tried)
     }
 }

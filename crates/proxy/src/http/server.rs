@@ -27,6 +27,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is on the other side of a listener.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Peer {
     /// The local app (outbound listeners): trusted, so an idle keep-alive connection may wait
     /// as long as the idle timeout allows.

@@ -5,4 +5,4 @@ mod budget;
 mod outlier;
 
 pub use budget::RetryBudget;
-pub use outlier::{Outcome, Outliers};
+pub use outlier::{Outcome, OutlierState, Outliers};

@@ -18,34 +18,30 @@ pub enum Outcome {
     Neutral,
 }
 
-/// The ejection state of every endpoint of one route.
+/// Outlier detection for one route: its settings, how many of its endpoints are ejected, and
+/// the metrics. Each endpoint carries its own [`OutlierState`], so that an endpoint keeps its
+/// history when the route's set of endpoints changes around it.
 pub struct Outliers {
     config: OutlierDetection,
     epoch: Instant,
-    endpoints: Vec<EndpointState>,
     ejected: AtomicUsize,
     ejections: Counter,
     ejected_gauge: Gauge,
 }
 
+/// One endpoint's failures in a row and ejections.
 #[derive(Default)]
-struct EndpointState {
+pub struct OutlierState {
     consecutive: AtomicU32,
     times_ejected: AtomicU32,
-    /// Milliseconds after `epoch` until which the endpoint is ejected; 0 when it is not.
+    /// Milliseconds after the route's epoch until which the endpoint is ejected; 0 when it is
+    /// not.
     ejected_until: AtomicU64,
 }
 
 impl Outliers {
-    pub fn new(config: OutlierDetection, endpoints: usize, ejections: Counter, ejected_gauge: Gauge) -> Self {
-        Self {
-            config,
-            epoch: Instant::now(),
-            endpoints: (0..endpoints).map(|_| EndpointState::default()).collect(),
-            ejected: AtomicUsize::new(0),
-            ejections,
-            ejected_gauge,
-        }
+    pub fn new(config: OutlierDetection, ejections: Counter, ejected_gauge: Gauge) -> Self {
+        Self { config, epoch: Instant::now(), ejected: AtomicUsize::new(0), ejections, ejected_gauge }
     }
 
     fn now_ms(&self) -> u64 {
@@ -53,9 +49,8 @@ impl Outliers {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// Whether endpoint `i` is ejected now. An ejection that has run out ends here.
-    pub fn is_ejected(&self, i: usize) -> bool {
-        let e = &self.endpoints[i];
+    /// Whether the endpoint is ejected now. An ejection that has run out ends here.
+    pub fn is_ejected(&self, e: &OutlierState) -> bool {
         let until = e.ejected_until.load(Ordering::Acquire);
         if until == 0 {
             return false;
@@ -66,34 +61,33 @@ impl Outliers {
         if e.ejected_until.compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.ejected.fetch_sub(1, Ordering::AcqRel);
             self.ejected_gauge.dec();
-            tracing::info!(endpoint = i, "outlier re-admitted");
+            tracing::info!("outlier re-admitted");
         }
         false
     }
 
-    pub fn record(&self, i: usize, outcome: Outcome) {
-        let e = &self.endpoints[i];
+    /// Learns from one attempt on an endpoint of a route that has `endpoints` in all.
+    pub fn record(&self, e: &OutlierState, outcome: Outcome, endpoints: usize) {
         match outcome {
             Outcome::Neutral => {}
             Outcome::Success => e.consecutive.store(0, Ordering::Relaxed),
             Outcome::GatewayFailure => {
                 let threshold = self.config.consecutive_gateway_failures;
                 let failures = e.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                if threshold > 0 && failures >= threshold && !self.is_ejected(i) {
-                    self.eject(i);
+                if threshold > 0 && failures >= threshold && !self.is_ejected(e) {
+                    self.eject(e, endpoints);
                 }
             }
         }
     }
 
-    fn eject(&self, i: usize) {
-        let max = self.endpoints.len() * self.config.max_ejection_percent as usize / 100;
+    fn eject(&self, e: &OutlierState, endpoints: usize) {
+        let max = endpoints * self.config.max_ejection_percent as usize / 100;
         let admitted =
             self.ejected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         if admitted.is_err() {
             return; // ejecting it would leave too few endpoints
         }
-        let e = &self.endpoints[i];
         let times = e.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
         let duration =
             self.config.base_ejection_seconds.0.saturating_mul(times).min(self.config.max_ejection_seconds.0);
@@ -101,7 +95,15 @@ impl Outliers {
         e.consecutive.store(0, Ordering::Relaxed);
         self.ejections.inc();
         self.ejected_gauge.inc();
-        tracing::info!(endpoint = i, ?duration, times, "outlier ejected");
+        tracing::info!(?duration, times, "outlier ejected");
+    }
+
+    /// Counts the ejected endpoints again after the route's set of endpoints changed: an
+    /// endpoint removed while ejected no longer counts against the maximum share.
+    pub fn recount<'a>(&self, endpoints: impl Iterator<Item = &'a OutlierState>) {
+        let ejected = endpoints.filter(|e| self.is_ejected(e)).count();
+        self.ejected.store(ejected, Ordering::Release);
+        self.ejected_gauge.set(ejected as i64);
     }
 }
 
@@ -115,17 +117,38 @@ mod tests {
 
     use super::*;
 
-    fn outliers(endpoints: usize) -> Outliers {
+    struct Route {
+        outliers: Outliers,
+        endpoints: Vec<OutlierState>,
+        ejections: Counter,
+    }
+
+    impl Route {
+        fn record(&self, i: usize, outcome: Outcome) {
+            self.outliers.record(&self.endpoints[i], outcome, self.endpoints.len());
+        }
+
+        fn is_ejected(&self, i: usize) -> bool {
+            self.outliers.is_ejected(&self.endpoints[i])
+        }
+    }
+
+    fn outliers(endpoints: usize) -> Route {
         let config = OutlierDetection {
             consecutive_gateway_failures: 3,
             base_ejection_seconds: Seconds::from_secs(10),
             max_ejection_seconds: Seconds::from_secs(25),
             max_ejection_percent: 50,
         };
-        Outliers::new(config, endpoints, Counter::default(), Gauge::default())
+        let ejections = Counter::default();
+        Route {
+            outliers: Outliers::new(config, ejections.clone(), Gauge::default()),
+            endpoints: (0..endpoints).map(|_| OutlierState::default()).collect(),
+            ejections,
+        }
     }
 
-    fn fail(o: &Outliers, i: usize, times: usize) {
+    fn fail(o: &Route, i: usize, times: usize) {
         for _ in 0..times {
             o.record(i, Outcome::GatewayFailure);
         }

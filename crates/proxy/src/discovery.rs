@@ -1,0 +1,255 @@
+//! A sidecar fed by the control plane: subscribes to its config stream, applies each update to
+//! the running proxy and answers ACK or NACK, keeps its last good snapshot on disk, and serves
+//! from that snapshot while the control plane is away (design §6, static stability).
+//!
+//! ```text
+//! control plane ══ ConfigUpdate ══► Discovery ── Update ──► Proxy::run_with_updates
+//!               ◄══ Ack / Nack ════           ◄─ applied ──
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tether_api::resource;
+use tether_api::v1::config_stream_client::ConfigStreamClient;
+use tether_api::v1::{Ack, ConfigUpdate, Hello, Nack, ProxyMessage, proxy_message};
+use tether_model::ProxyConfig;
+use tokio::sync::{mpsc, oneshot};
+use tonic::metadata::MetadataValue;
+use tracing::{debug, info, warn};
+
+use crate::Update;
+
+/// Backoff between attempts to reach the control plane: from the first to the last, doubling,
+/// each with up to half of it added at random so that proxies don't all come back at once.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_LAST: Duration = Duration::from_secs(5);
+
+/// Who the proxy is, where its control plane is, and what it decides for itself.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The control plane's URL, e.g. `http://127.0.0.1:7700`.
+    pub server: String,
+    pub token: String,
+    pub namespace: String,
+    pub service: String,
+    pub task: String,
+    /// The admin endpoint's address.
+    pub admin: SocketAddr,
+    /// Where the last good snapshot is kept.
+    pub state_dir: PathBuf,
+    /// Bind every outbound listener on this address with a port of the system's choosing,
+    /// instead of the alias's own address and port (several sidecars on one host without
+    /// sandboxes).
+    pub outbound_ip: Option<IpAddr>,
+}
+
+/// The resources the proxy has, by name, and the version they came with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Snapshot {
+    version: u64,
+    resources: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("the saved snapshot {path} cannot be used: {reason}")]
+    Saved { path: PathBuf, reason: String },
+    #[error("cannot keep the snapshot in {path}: {source}")]
+    Save { path: PathBuf, source: std::io::Error },
+}
+
+pub struct Discovery {
+    settings: Settings,
+    snapshot: Snapshot,
+}
+
+impl Discovery {
+    pub fn new(settings: Settings) -> Self {
+        Self { settings, snapshot: Snapshot::default() }
+    }
+
+    /// The config of the snapshot saved by an earlier run, if there is one.
+    pub fn load_saved(&mut self) -> Result<Option<ProxyConfig>, DiscoveryError> {
+        let path = self.snapshot_path();
+        let saved = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(DiscoveryError::Saved { path, reason: e.to_string() }),
+        };
+        let snapshot: Snapshot = serde_json::from_slice(&saved)
+            .map_err(|e| DiscoveryError::Saved { path: path.clone(), reason: e.to_string() })?;
+        let config = self.config_of(&snapshot).map_err(|reason| DiscoveryError::Saved { path, reason })?;
+        info!(version = snapshot.version, "serving the saved snapshot until the control plane answers");
+        self.snapshot = snapshot;
+        Ok(Some(config))
+    }
+
+    /// Follows the config stream for as long as the proxy runs, reconnecting with jittered
+    /// backoff, and hands every update to the proxy through `updates`. A proxy that has no
+    /// config yet takes the first update's config itself (see `tether proxy --server`).
+    pub async fn run(mut self, updates: mpsc::Sender<Update>) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            match self.follow(&updates).await {
+                Ok(Followed::ProxyGone) => return,
+                Ok(Followed::Ended) => {
+                    info!("the control plane closed the config stream; reconnecting");
+                    backoff = BACKOFF_FIRST;
+                }
+                Err(error) => warn!(%error, "control plane unreachable; serving the last good config"),
+            }
+            let pause = backoff + backoff.mul_f64(fastrand::f64() / 2.0);
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(BACKOFF_LAST);
+        }
+    }
+
+    /// One stream: hello, then every update until the stream ends.
+    async fn follow(&mut self, updates: &mpsc::Sender<Update>) -> Result<Followed, tonic::Status> {
+        let channel = tonic::transport::Endpoint::from_shared(self.settings.server.clone())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let (send, outgoing) = mpsc::channel(16);
+        let hello = Hello {
+            namespace: self.settings.namespace.clone(),
+            service: self.settings.service.clone(),
+            task: self.settings.task.clone(),
+            version: self.snapshot.version,
+        };
+        let _ = send.send(message(proxy_message::Kind::Hello(hello))).await;
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+        let bearer = MetadataValue::try_from(format!("Bearer {}", self.settings.token))
+            .map_err(|_| tonic::Status::invalid_argument("the token is not a valid header value"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        let mut stream = ConfigStreamClient::new(channel).subscribe(request).await?.into_inner();
+        info!(server = %self.settings.server, "subscribed to the config stream");
+        while let Some(update) = stream.message().await? {
+            let version = update.version;
+            let reply = match self.apply(update, updates).await {
+                Applied::Yes => proxy_message::Kind::Ack(Ack { version }),
+                Applied::No(error) => {
+                    warn!(version, %error, "config update refused; still serving the previous one");
+                    proxy_message::Kind::Nack(Nack { version, error })
+                }
+                Applied::ProxyGone => return Ok(Followed::ProxyGone),
+            };
+            if send.send(message(reply)).await.is_err() {
+                break;
+            }
+        }
+        Ok(Followed::Ended)
+    }
+
+    /// Applies one update to a copy of the snapshot; only when the proxy took the resulting
+    /// config does the copy become the snapshot, on disk too.
+    async fn apply(&mut self, update: ConfigUpdate, updates: &mpsc::Sender<Update>) -> Applied {
+        let mut next = if update.full { Snapshot::default() } else { self.snapshot.clone() };
+        next.version = update.version;
+        for name in &update.removed {
+            next.resources.remove(name);
+        }
+        for r in update.resources {
+            if !r.name.starts_with(resource::INBOUND) && !r.name.starts_with(resource::OUTBOUND) {
+                return Applied::No(format!("unknown resource `{}`", r.name));
+            }
+            match serde_json::from_slice(&r.json) {
+                Ok(value) => next.resources.insert(r.name, value),
+                Err(e) => return Applied::No(format!("resource `{}` is not JSON: {e}", r.name)),
+            };
+        }
+        let config = match self.config_of(&next) {
+            Ok(config) => config,
+            Err(error) => return Applied::No(error),
+        };
+        let (done, applied) = oneshot::channel();
+        if updates.send(Update { config, done }).await.is_err() {
+            return Applied::ProxyGone;
+        }
+        match applied.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Applied::No(error.to_string()),
+            Err(_) => return Applied::ProxyGone,
+        }
+        debug!(version = next.version, resources = next.resources.len(), "config applied");
+        self.snapshot = next;
+        if let Err(error) = self.save() {
+            warn!(%error, "the snapshot was applied but not saved");
+        }
+        Applied::Yes
+    }
+
+    /// The proxy config made of a snapshot's resources and the proxy's own settings, decoded
+    /// and validated exactly like a config file.
+    fn config_of(&self, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
+        let of = |prefix: &str| -> Vec<&serde_json::Value> {
+            snapshot.resources.iter().filter(|(name, _)| name.starts_with(prefix)).map(|(_, v)| v).collect()
+        };
+        let document = serde_json::json!({
+            "admin": self.settings.admin.to_string(),
+            "service": self.settings.service,
+            "inbound": of(resource::INBOUND),
+            "outbound": of(resource::OUTBOUND),
+        });
+        let name = format!("config version {}", snapshot.version);
+        let mut config =
+            ProxyConfig::parse(&name, &document.to_string()).map_err(|errors| errors.to_string())?;
+        if let Some(ip) = self.settings.outbound_ip {
+            for outbound in &mut config.outbound {
+                outbound.listen = SocketAddr::new(ip, 0);
+            }
+        }
+        Ok(config)
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.settings.state_dir.join("snapshot.json")
+    }
+
+    /// Writes the snapshot so that a crash leaves either the old one or the new one whole.
+    fn save(&self) -> Result<(), DiscoveryError> {
+        let path = self.snapshot_path();
+        let failed = |source| DiscoveryError::Save { path: path.clone(), source };
+        std::fs::create_dir_all(&self.settings.state_dir).map_err(failed)?;
+        let bytes = serde_json::to_vec(&self.snapshot).expect("a snapshot serializes");
+        write_atomically(&path, &bytes).map_err(failed)
+    }
+}
+
+enum Followed {
+    /// The control plane ended the stream.
+    Ended,
+    /// The proxy stopped (it is draining): nothing more to do.
+    ProxyGone,
+}
+
+enum Applied {
+    Yes,
+    No(String),
+    ProxyGone,
+}
+
+fn message(kind: proxy_message::Kind) -> ProxyMessage {
+    ProxyMessage { kind: Some(kind) }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
