@@ -6,6 +6,7 @@
 
 mod backend;
 mod client;
+pub mod etcd;
 mod load;
 mod net;
 mod process;
