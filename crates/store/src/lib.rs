@@ -1,12 +1,16 @@
 //! The control plane's store: one small key-value interface with revisions, watches and leases,
 //! shaped after etcd's, and two implementations behind it.
 //!
-//! - [`Embedded`](embedded::Embedded) (the default, one node): durable, a write is on disk before
+//! - [`Embedded`] (the default, one node): durable, a write is on disk before
 //!   it is acknowledged.
-//! - [`Etcd`](etcd::Etcd): several control-plane replicas share one etcd cluster.
+//! - [`Etcd`]: several control-plane replicas share one etcd cluster.
 //!
 //! Everything above this crate (the registry, the REST API, the proxy stream) is written against
 //! [`Store`] and never learns which one it has.
+
+pub mod embedded;
+
+pub use embedded::Embedded;
 
 use std::future::Future;
 use std::time::Duration;
@@ -133,7 +137,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn commit(&self, txn: Txn) -> impl Future<Output = Result<Revision>> + Send;
 
     /// Events for keys under `prefix` with a revision greater than `after`, in order, with no
-    /// gaps and no duplicates, continuing live.
+    /// gaps and no duplicates, continuing live. When `after` is older than the history the store
+    /// keeps, the answer is [`Error::Compacted`], either at once or as the watch's first item
+    /// (etcd says so only once the watch exists): relist, then watch from the listing.
     fn watch(&self, prefix: &str, after: Revision) -> impl Future<Output = Result<Watch>> + Send;
 
     /// A new lease that lives for `ttl` unless renewed.
