@@ -9,8 +9,10 @@
 //! [`Store`] and never learns which one it has.
 
 pub mod embedded;
+pub mod etcd;
 
 pub use embedded::Embedded;
+pub use etcd::Etcd;
 
 use std::future::Future;
 use std::time::Duration;
