@@ -64,12 +64,16 @@ pub enum DiscoveryError {
 
 pub struct Discovery {
     settings: Settings,
+    /// What the control plane has sent on this stream, all updates applied: updates are deltas
+    /// on top of it, whether or not the proxy could serve it.
+    received: Snapshot,
+    /// What the proxy serves: the last snapshot it could apply, also on disk.
     snapshot: Snapshot,
 }
 
 impl Discovery {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, snapshot: Snapshot::default() }
+        Self { settings, received: Snapshot::default(), snapshot: Snapshot::default() }
     }
 
     /// The config of the snapshot saved by an earlier run, if there is one.
@@ -84,6 +88,7 @@ impl Discovery {
             .map_err(|e| DiscoveryError::Saved { path: path.clone(), reason: e.to_string() })?;
         let config = self.config_of(&snapshot).map_err(|reason| DiscoveryError::Saved { path, reason })?;
         info!(version = snapshot.version, "serving the saved snapshot until the control plane answers");
+        self.received = snapshot.clone();
         self.snapshot = snapshot;
         Ok(Some(config))
     }
@@ -149,23 +154,40 @@ impl Discovery {
         Ok(Followed::Ended)
     }
 
-    /// Applies one update to a copy of the snapshot; only when the proxy took the resulting
-    /// config does the copy become the snapshot, on disk too.
+    /// Applies one update to what was received; only when the proxy takes the resulting config
+    /// does it become the snapshot, on disk too. A refused config is tried again, whole, with
+    /// the next update: the control plane sends deltas only.
     async fn apply(&mut self, update: ConfigUpdate, updates: &mpsc::Sender<Update>) -> Applied {
-        let mut next = if update.full { Snapshot::default() } else { self.snapshot.clone() };
+        let next = &mut self.received;
+        if update.full {
+            next.resources.clear();
+        }
         next.version = update.version;
         for name in &update.removed {
             next.resources.remove(name);
         }
+        let mut unreadable = None;
         for r in update.resources {
-            if !r.name.starts_with(resource::INBOUND) && !r.name.starts_with(resource::OUTBOUND) {
-                return Applied::No(format!("unknown resource `{}`", r.name));
-            }
-            match serde_json::from_slice(&r.json) {
-                Ok(value) => next.resources.insert(r.name, value),
-                Err(e) => return Applied::No(format!("resource `{}` is not JSON: {e}", r.name)),
+            let value = if !r.name.starts_with(resource::INBOUND) && !r.name.starts_with(resource::OUTBOUND) {
+                Err(format!("unknown resource `{}`", r.name))
+            } else {
+                serde_json::from_slice(&r.json).map_err(|e| format!("resource `{}` is not JSON: {e}", r.name))
             };
+            match value {
+                Ok(value) => {
+                    next.resources.insert(r.name, value);
+                }
+                // Kept as received (null), so that the config fails until it is replaced.
+                Err(error) => {
+                    next.resources.insert(r.name, serde_json::Value::Null);
+                    unreadable.get_or_insert(error);
+                }
+            }
         }
+        if let Some(error) = unreadable {
+            return Applied::No(error);
+        }
+        let next = self.received.clone();
         let config = match self.config_of(&next) {
             Ok(config) => config,
             Err(error) => return Applied::No(error),

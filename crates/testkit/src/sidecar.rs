@@ -29,9 +29,46 @@ impl Sidecar {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("proxy.yaml");
         std::fs::write(&path, yaml)?;
+        let path = path.to_str().context("a temporary path is UTF-8")?.to_owned();
+        Self::spawn(bin, &["proxy", "--config", &path], dir).await
+    }
+
+    /// Starts `tether proxy --server URL …` for a task, with its state in `state_dir`, outbound
+    /// listeners on 127.0.0.1 with ports of the system's choosing, and waits until it is ready
+    /// (it has a config, from the control plane or from its saved snapshot).
+    pub async fn start_fed(
+        bin: &str,
+        server: &str,
+        token: &str,
+        (namespace, service, task): (&str, &str, &str),
+        state_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let state = state_dir.to_str().context("a temporary path is UTF-8")?;
+        let args = [
+            "proxy",
+            "--server",
+            server,
+            "--token",
+            token,
+            "--namespace",
+            namespace,
+            "--service",
+            service,
+            "--task",
+            task,
+            "--admin",
+            "127.0.0.1:0",
+            "--outbound-ip",
+            "127.0.0.1",
+            "--state-dir",
+            state,
+        ];
+        Self::spawn(bin, &args, tempfile::tempdir()?).await
+    }
+
+    async fn spawn(bin: &str, args: &[&str], dir: tempfile::TempDir) -> anyhow::Result<Self> {
         let mut child = Command::new(bin)
-            .args(["proxy", "--config"])
-            .arg(&path)
+            .args(args)
             .env("TETHER_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -92,8 +129,9 @@ impl Sidecar {
         // its stderr into the log may still lag behind on a loaded machine: look again, briefly.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let found = self.listeners.get(name).copied();
-            if let Some(addr) = found.or_else(|| parse_listening(&self.log()).get(name).copied()) {
+            // The log's last word first: a sidecar fed by the control plane moves its listeners.
+            let found = parse_listening(&self.log()).get(name).copied();
+            if let Some(addr) = found.or_else(|| self.listeners.get(name).copied()) {
                 return addr;
             }
             if Instant::now() >= deadline {
@@ -101,6 +139,11 @@ impl Sidecar {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Where the listener named `name` listens, if the log says it does yet.
+    pub fn try_addr(&self, name: &str) -> Option<SocketAddr> {
+        parse_listening(&self.log()).get(name).copied()
     }
 
     pub fn url(&self, name: &str, path: &str) -> String {
