@@ -5,6 +5,8 @@
 
 pub mod framing;
 mod headers;
+#[cfg(test)]
+mod route_tests;
 pub mod server;
 
 use std::convert::Infallible;

@@ -197,4 +197,18 @@ mod tests {
         fail(&o, 1, 1);
         assert!(o.is_ejected(1));
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_endpoint_that_leaves_frees_its_share() {
+        let o = outliers(2);
+        fail(&o, 0, 3);
+        assert!(o.is_ejected(0));
+        fail(&o, 1, 3);
+        assert!(!o.is_ejected(1), "one of two is the most that may be ejected");
+        // Endpoint 0 leaves the route and two healthy ones join: 1 may now be ejected.
+        let joined = [OutlierState::default(), OutlierState::default()];
+        o.outliers.recount([&o.endpoints[1], &joined[0], &joined[1]].into_iter());
+        o.outliers.record(&o.endpoints[1], Outcome::GatewayFailure, 3);
+        assert!(o.is_ejected(1));
+    }
 }
