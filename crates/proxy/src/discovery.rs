@@ -31,8 +31,9 @@ const BACKOFF_LAST: Duration = Duration::from_secs(5);
 /// Who the proxy is, where its control plane is, and what it decides for itself.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The control plane's URL, e.g. `http://127.0.0.1:7700`.
-    pub server: String,
+    /// The control plane's replicas, e.g. `http://127.0.0.1:7700`: any one of them will do, and
+    /// when the one in use fails the next is tried.
+    pub servers: Vec<String>,
     pub token: String,
     pub namespace: String,
     pub service: String,
@@ -98,14 +99,19 @@ impl Discovery {
     /// config yet takes the first update's config itself (see `tether proxy --server`).
     pub async fn run(mut self, updates: mpsc::Sender<Update>) {
         let mut backoff = BACKOFF_FIRST;
+        let mut replica = 0;
         loop {
-            match self.follow(&updates).await {
+            let server = self.settings.servers[replica % self.settings.servers.len()].clone();
+            match self.follow(&server, &updates).await {
                 Ok(Followed::ProxyGone) => return,
                 Ok(Followed::Ended) => {
                     info!("the control plane closed the config stream; reconnecting");
                     backoff = BACKOFF_FIRST;
                 }
-                Err(error) => warn!(%error, "control plane unreachable; serving the last good config"),
+                Err(error) => {
+                    warn!(%server, %error, "control plane unreachable; serving the last good config");
+                    replica += 1;
+                }
             }
             let pause = backoff + backoff.mul_f64(fastrand::f64() / 2.0);
             tokio::time::sleep(pause).await;
@@ -114,8 +120,12 @@ impl Discovery {
     }
 
     /// One stream: hello, then every update until the stream ends.
-    async fn follow(&mut self, updates: &mpsc::Sender<Update>) -> Result<Followed, tonic::Status> {
-        let channel = tonic::transport::Endpoint::from_shared(self.settings.server.clone())
+    async fn follow(
+        &mut self,
+        server: &str,
+        updates: &mpsc::Sender<Update>,
+    ) -> Result<Followed, tonic::Status> {
+        let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
             .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
             .connect_timeout(Duration::from_secs(1))
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -136,7 +146,7 @@ impl Discovery {
             .map_err(|_| tonic::Status::invalid_argument("the token is not a valid header value"))?;
         request.metadata_mut().insert("authorization", bearer);
         let mut stream = ConfigStreamClient::new(channel).subscribe(request).await?.into_inner();
-        info!(server = %self.settings.server, "subscribed to the config stream");
+        info!(%server, "subscribed to the config stream");
         while let Some(update) = stream.message().await? {
             let version = update.version;
             let reply = match self.apply(update, updates).await {

@@ -39,8 +39,9 @@ pub struct Args {
     /// The config file (YAML or JSON).
     #[arg(long, short, value_name = "FILE", required_unless_present = "server", conflicts_with = "server")]
     config: Option<PathBuf>,
-    /// The control plane to take the config from, e.g. http://127.0.0.1:7700.
-    #[arg(long, value_name = "URL", requires_all = ["namespace", "service", "task"])]
+    /// The control plane to take the config from, e.g. http://127.0.0.1:7700; several replicas
+    /// comma-separated, tried in turn when the one in use fails.
+    #[arg(long, value_name = "URL[,URL…]", requires_all = ["namespace", "service", "task"])]
     server: Option<String>,
     /// The bearer token for the control plane (with --server).
     #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
@@ -139,8 +140,14 @@ mod fed {
         let state_dir = args
             .state_dir
             .unwrap_or_else(|| std::env::temp_dir().join("tether").join(&namespace).join(&task));
+        let servers: Vec<String> =
+            server.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        if servers.is_empty() {
+            eprintln!("--server names no URL");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
         let settings = Settings {
-            server,
+            servers,
             token,
             namespace,
             service,
