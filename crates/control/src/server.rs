@@ -1,0 +1,100 @@
+//! The control-plane server: one listener serving the REST API (and whatever else is merged
+//! onto its router, such as the proxy stream), over a registry on a store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use tether_store::Store;
+use tokio::net::TcpListener;
+
+use crate::registry::Registry;
+use crate::token::AdminToken;
+use crate::{Error, Result, rest};
+
+/// Where `tether server` listens unless told otherwise: loopback only, so that a first start
+/// exposes nothing; pass `--listen 0.0.0.0:7700` to serve other hosts.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7700);
+
+/// The data directory unless told otherwise: `/var/lib/tether` for root; otherwise
+/// `$XDG_DATA_HOME/tether`, or `~/.local/share/tether`.
+pub fn default_data_dir() -> PathBuf {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    let home_data = || {
+        std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()).map(PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| Path::new(&h).join(".local/share"))
+        })
+    };
+    match (root, home_data()) {
+        (false, Some(data)) => data.join("tether"),
+        _ => PathBuf::from("/var/lib/tether"),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Holds `admin.token` (and the embedded store, which the caller opens there).
+    pub data_dir: PathBuf,
+}
+
+pub struct Server<S> {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    registry: Registry<S>,
+    router: Router,
+    token_path: PathBuf,
+}
+
+impl<S: Store> Server<S> {
+    /// Creates the data directory (mode 0700) and the admin token if they are missing, and
+    /// binds the listener, so that a taken port fails here and the address is known before
+    /// serving.
+    pub async fn bind(config: &ServerConfig, store: S) -> Result<Self> {
+        let dir = &config.data_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| Error::DataDir { path: dir.clone(), source })?;
+        let (token, token_path) = AdminToken::load_or_create(dir)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let local_addr =
+            listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+        let registry = Registry::new(store);
+        let router = rest::router(registry.clone(), token);
+        Ok(Self { listener, local_addr, registry, router, token_path })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The registry the API serves, for other services on the same listener.
+    pub fn registry(&self) -> &Registry<S> {
+        &self.registry
+    }
+
+    /// Where the admin token is kept.
+    pub fn token_path(&self) -> &Path {
+        &self.token_path
+    }
+
+    /// Serves `other`'s routes on the same listener, beside the API's. They are not behind the
+    /// admin token: `other` authenticates its own callers.
+    pub fn merge(mut self, other: Router) -> Self {
+        self.router = self.router.merge(other);
+        self
+    }
+
+    /// Serves HTTP/1.1 and HTTP/2 (h2c, so gRPC too) until `shutdown` resolves, then stops
+    /// accepting and lets requests in flight finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)
+    }
+}
