@@ -1,0 +1,221 @@
+//! The proxy stream (design §6): each sidecar subscribes with who it is; it gets a full
+//! snapshot of what it needs (every client alias of its namespace with its endpoints, and its
+//! own inbound listeners), then a versioned update whenever any of that changes, and answers
+//! each with an ACK or a NACK.
+//!
+//! ```text
+//! store ─watch─► follower (one per namespace: resources, encoded once) ─broadcast Change─►
+//!     stream (one per proxy: what it was sent, the delta) ─► ConfigUpdate ─► proxy
+//! ```
+
+mod follower;
+pub mod resources;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_api::v1::config_stream_server::{ConfigStream, ConfigStreamServer};
+use tether_api::v1::{ConfigUpdate, Hello, ProxyMessage, Resource, proxy_message};
+use tether_store::Store;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::{AdminToken, Registry};
+use follower::{Change, Followed, Followers, State};
+use resources::{Body, Resources};
+
+/// How long a proxy has to say who it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ConfigStreamService<S> {
+    followers: Arc<Followers<S>>,
+    token: AdminToken,
+}
+
+impl<S: Store> ConfigStreamService<S> {
+    pub fn new(registry: Registry<S>, token: AdminToken) -> Self {
+        Self { followers: Arc::new(Followers::new(registry)), token }
+    }
+
+    /// The gRPC service as routes to serve beside the REST API.
+    pub fn router(self) -> axum::Router {
+        tonic::service::Routes::new(ConfigStreamServer::new(self)).into_axum_router()
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> ConfigStream for ConfigStreamService<S> {
+    type SubscribeStream = ReceiverStream<Result<ConfigUpdate, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let bearer = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let token = bearer.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
+        if !self.token.matches(token) {
+            return Err(Status::unauthenticated("a valid bearer token is required"));
+        }
+        let mut incoming = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, incoming.message()).await {
+            Ok(Ok(Some(ProxyMessage { kind: Some(proxy_message::Kind::Hello(hello)) }))) => hello,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => return Err(Status::deadline_exceeded("no hello within 10 s")),
+            Ok(_) => return Err(Status::invalid_argument("the first message must be a hello")),
+        };
+        for (field, value) in
+            [("namespace", &hello.namespace), ("service", &hello.service), ("task", &hello.task)]
+        {
+            if value.is_empty() {
+                return Err(Status::invalid_argument(format!("the hello must name the proxy's {field}")));
+            }
+        }
+        info!(namespace = %hello.namespace, service = %hello.service, task = %hello.task, "proxy subscribed");
+        let followed = self.followers.follow(&hello.namespace);
+        let (updates, stream) = mpsc::channel(16);
+        tokio::spawn(serve(followed, hello, incoming, updates));
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+/// What one proxy was sent, by resource name.
+type Sent = BTreeMap<String, Body>;
+
+/// One proxy's stream: the snapshot, then a delta for every change that concerns it, until the
+/// proxy goes away.
+async fn serve(
+    followed: Arc<Followed>,
+    hello: Hello,
+    mut incoming: Streaming<ProxyMessage>,
+    updates: mpsc::Sender<Result<ConfigUpdate, Status>>,
+) {
+    let me = (hello.service.clone(), hello.task.clone());
+    let mut sent = Sent::new();
+    let mut version = 0;
+    let (mut changes, view) = resubscribe(&followed, &me);
+    let first = delta(&mut sent, view);
+    version += 1;
+    let snapshot = ConfigUpdate { version, full: true, resources: first.resources, removed: Vec::new() };
+    if updates.send(Ok(snapshot)).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = incoming.message() => match message {
+                Ok(Some(message)) => acknowledge(&hello, message),
+                Ok(None) | Err(_) => break,
+            },
+            change = changes.recv() => {
+                let mut pending = vec![change];
+                while let Ok(more) = changes.try_recv().map(Ok).or_else(|e| match e {
+                    broadcast::error::TryRecvError::Lagged(n) => Ok(Err(broadcast::error::RecvError::Lagged(n))),
+                    other => Err(other),
+                }) {
+                    pending.push(more);
+                }
+                let resync = pending.iter().any(|c| match c {
+                    Ok(change) => change.everything,
+                    Err(_) => true,
+                });
+                let update = if resync {
+                    let (fresh, view) = resubscribe(&followed, &me);
+                    changes = fresh;
+                    delta(&mut sent, view)
+                } else {
+                    let changes: Vec<&Change> = pending.iter().filter_map(|c| c.as_ref().ok().map(|c| &**c)).collect();
+                    apply_changes(&mut sent, &me, &changes)
+                };
+                if update.resources.is_empty() && update.removed.is_empty() {
+                    continue;
+                }
+                version += 1;
+                let update = ConfigUpdate { version, full: false, ..update };
+                if updates.send(Ok(update)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    debug!(task = %hello.task, "proxy stream ended");
+}
+
+/// Subscribes to the namespace's changes and reads the proxy's whole view under one lock, so
+/// that the changes received afterwards are exactly those after the view.
+fn resubscribe(
+    followed: &Followed,
+    (service, task): &(String, String),
+) -> (broadcast::Receiver<Arc<Change>>, Resources) {
+    let state: std::sync::MutexGuard<'_, State> = followed.state.lock().expect("never poisoned");
+    let changes = followed.changes.subscribe();
+    let mut view = state.outbound.clone();
+    view.extend(state.inbound(service, task));
+    (changes, view)
+}
+
+/// The update that takes a proxy from what it was sent to `view`.
+fn delta(sent: &mut Sent, view: Resources) -> ConfigUpdate {
+    let removed: Vec<String> = sent.keys().filter(|k| !view.contains_key(*k)).cloned().collect();
+    for name in &removed {
+        sent.remove(name);
+    }
+    let mut resources = Vec::new();
+    for (name, body) in view {
+        if sent.get(&name) != Some(&body) {
+            resources.push(Resource { name: name.clone(), json: body.to_vec() });
+            sent.insert(name, body);
+        }
+    }
+    ConfigUpdate { version: 0, full: false, resources, removed }
+}
+
+/// The update for a run of namespace changes, as far as they concern this proxy.
+fn apply_changes(sent: &mut Sent, me: &(String, String), changes: &[&Change]) -> ConfigUpdate {
+    let mut latest: BTreeMap<String, Option<Body>> = BTreeMap::new();
+    for change in changes {
+        for (name, body) in &change.outbound {
+            latest.insert(name.clone(), body.clone());
+        }
+        for (owner, inbound) in &change.inbound {
+            if owner != me {
+                continue;
+            }
+            let prefix = tether_api::resource::INBOUND;
+            for name in sent.keys().filter(|k| k.starts_with(prefix) && !inbound.contains_key(*k)) {
+                latest.insert(name.clone(), None);
+            }
+            for (name, body) in inbound {
+                latest.insert(name.clone(), Some(body.clone()));
+            }
+        }
+    }
+    let mut update = ConfigUpdate::default();
+    for (name, body) in latest {
+        match body {
+            Some(body) if sent.get(&name) != Some(&body) => {
+                update.resources.push(Resource { name: name.clone(), json: body.to_vec() });
+                sent.insert(name, body);
+            }
+            None if sent.remove(&name).is_some() => update.removed.push(name),
+            _ => {}
+        }
+    }
+    update
+}
+
+fn acknowledge(hello: &Hello, message: ProxyMessage) {
+    match message.kind {
+        Some(proxy_message::Kind::Ack(ack)) => debug!(task = %hello.task, version = ack.version, "ack"),
+        Some(proxy_message::Kind::Nack(nack)) => warn!(
+            namespace = %hello.namespace,
+            service = %hello.service,
+            task = %hello.task,
+            version = nack.version,
+            error = %nack.error,
+            "the proxy refused a config update"
+        ),
+        _ => debug!(task = %hello.task, "unexpected message on the proxy stream"),
+    }
+}
