@@ -13,9 +13,10 @@ mod error;
 pub mod registry;
 pub mod rest;
 mod server;
+pub mod stream;
 mod token;
 
 pub use error::{Error, Result};
 pub use registry::{Outcome, Registry, ServiceRecord, Snapshot, watch_prefix};
-pub use server::{DEFAULT_LISTEN, Server, ServerConfig, default_data_dir};
+pub use server::{DEFAULT_LISTEN, Server, ServerConfig, default_data_dir, ensure_data_dir};
 pub use token::{AdminToken, TOKEN_FILE};

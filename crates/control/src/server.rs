@@ -46,29 +46,35 @@ pub struct Server<S> {
     local_addr: SocketAddr,
     registry: Registry<S>,
     router: Router,
+    token: AdminToken,
     token_path: PathBuf,
 }
 
+/// Creates the data directory if it is missing, readable by its owner only (mode 0700): it holds
+/// the admin token and the registry.
+pub fn ensure_data_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::DataDir { path: dir.to_owned(), source })
+}
+
 impl<S: Store> Server<S> {
-    /// Creates the data directory (mode 0700) and the admin token if they are missing, and
+    /// Creates the data directory and the admin token if they are missing, and
     /// binds the listener, so that a taken port fails here and the address is known before
     /// serving.
     pub async fn bind(config: &ServerConfig, store: S) -> Result<Self> {
-        let dir = &config.data_dir;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| Error::DataDir { path: dir.clone(), source })?;
-        let (token, token_path) = AdminToken::load_or_create(dir)?;
+        ensure_data_dir(&config.data_dir)?;
+        let (token, token_path) = AdminToken::load_or_create(&config.data_dir)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
         let local_addr =
             listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
         let registry = Registry::new(store);
-        let router = rest::router(registry.clone(), token);
-        Ok(Self { listener, local_addr, registry, router, token_path })
+        let router = rest::router(registry.clone(), token.clone());
+        Ok(Self { listener, local_addr, registry, router, token, token_path })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -78,6 +84,11 @@ impl<S: Store> Server<S> {
     /// The registry the API serves, for other services on the same listener.
     pub fn registry(&self) -> &Registry<S> {
         &self.registry
+    }
+
+    /// The admin token, for services merged onto the listener that accept it too.
+    pub fn admin_token(&self) -> &AdminToken {
+        &self.token
     }
 
     /// Where the admin token is kept.

@@ -1,7 +1,10 @@
 //! `tether`: one binary for the whole mesh. This file only parses the command line and composes
 //! the libraries.
 
+mod api_client;
+mod inspect;
 mod proxy;
+mod server;
 
 /// A proxy allocates and frees small buffers on every request; mimalloc does that with less
 /// work than glibc's allocator (one hop: about a fifth more requests per second). It is built
@@ -29,6 +32,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Proxy(proxy::Args),
+    Server(server::Args),
+    Services(inspect::ServicesArgs),
+    Endpoints(inspect::EndpointsArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,5 +47,8 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Proxy(args) => proxy::main(args),
+        Command::Server(args) => server::main(args),
+        Command::Services(args) => inspect::services(args),
+        Command::Endpoints(args) => inspect::endpoints(args),
     }
 }
