@@ -6,6 +6,7 @@
 
 mod backend;
 mod client;
+pub mod control;
 pub mod etcd;
 mod load;
 mod net;

@@ -1,0 +1,242 @@
+//! A `tether server` process on a data directory of its own, and a tiny JSON client for its
+//! API.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::Full;
+use serde_json::Value;
+
+use crate::Client;
+
+/// The data directory inside the test's temporary directory: left for the server to create.
+const DATA: &str = "data";
+
+pub struct ControlPlane {
+    bin: String,
+    extra_args: Vec<String>,
+    data: tempfile::TempDir,
+    child: Child,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The admin token the server wrote to its data directory.
+    pub token: String,
+    client: Client,
+}
+
+/// A whole answer: its status and its body, as JSON when it is JSON.
+#[derive(Debug)]
+pub struct JsonReply {
+    pub status: StatusCode,
+    /// `Value::Null` when the body is empty or not JSON.
+    pub body: Value,
+    pub text: String,
+}
+
+impl JsonReply {
+    /// The error body's `field` (the field to blame), if any.
+    pub fn field(&self) -> Option<&str> {
+        self.body["field"].as_str()
+    }
+}
+
+impl ControlPlane {
+    /// Starts `tether server --listen 127.0.0.1:0` on a new temporary data directory and waits
+    /// until it answers `/healthz`.
+    pub async fn start(bin: &str) -> anyhow::Result<Self> {
+        Self::start_with(bin, &[]).await
+    }
+
+    /// As [`start`](Self::start), with more arguments (such as `--store etcd://…`).
+    pub async fn start_with(bin: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        let (child, log, reader) = spawn(bin, &data.path().join(DATA), &extra_args)?;
+        let mut control = Self {
+            bin: bin.to_owned(),
+            extra_args,
+            data,
+            child,
+            log,
+            reader: Some(reader),
+            addr: ([0, 0, 0, 0], 0).into(),
+            token: String::new(),
+            client: Client::http1().timeout(Duration::from_secs(10)),
+        };
+        control.wait_ready(Duration::from_secs(20)).await?;
+        Ok(control)
+    }
+
+    /// Stops the server with SIGTERM (it must exit cleanly) and starts it again on the same data
+    /// directory. The address changes; the token does not.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.terminate();
+        match self.wait_exit(Duration::from_secs(15)).await {
+            Some(status) if status.success() => {}
+            Some(status) => bail!("tether server exited with {status} on SIGTERM:\n{}", self.log()),
+            None => bail!("tether server did not exit within 15 s of SIGTERM:\n{}", self.log()),
+        }
+        let (child, log, reader) = spawn(&self.bin, &self.data_dir(), &self.extra_args)?;
+        (self.child, self.log, self.reader) = (child, log, Some(reader));
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
+                bail!("tether server exited with {status} before it was ready:\n{}", self.log());
+            }
+            if let Some(addr) = api_addr(&self.log()) {
+                self.addr = addr;
+                let healthy = self.client.get(&format!("http://{addr}/healthz")).await;
+                if healthy.is_ok_and(|r| r.status == 200) {
+                    let path = self.data_dir().join("admin.token");
+                    let token = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    self.token = token.trim().to_owned();
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("tether server not ready within {timeout:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The server's `--data` directory, which the server itself created.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join(DATA)
+    }
+
+    /// `http://IP:PORT`, for `--server`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<JsonReply> {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<JsonReply> {
+        self.call(Method::PUT, path, Some(body.to_string())).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<JsonReply> {
+        self.call(Method::POST, path, Some(body.to_string())).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<JsonReply> {
+        self.call(Method::DELETE, path, None).await
+    }
+
+    /// A request with the admin token and an optional raw body.
+    pub async fn call(&self, method: Method, path: &str, body: Option<String>) -> anyhow::Result<JsonReply> {
+        self.request(method, path, body, Some(&self.token)).await
+    }
+
+    /// A request with any token (or none) and any body, for tests of what the API refuses.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> anyhow::Result<JsonReply> {
+        let mut request = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let reply = self.client.request(request).await?;
+        let text = reply.text();
+        Ok(JsonReply { status: reply.status, body: serde_json::from_str(&text).unwrap_or(Value::Null), text })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+type Spawned = (Child, Arc<Mutex<String>>, std::thread::JoinHandle<()>);
+
+fn spawn(bin: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<Spawned> {
+    let mut child = Command::new(bin)
+        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(extra_args)
+        .env("TETHER_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {bin} server"))?;
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().context("stderr is piped")?;
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    Ok((child, log, reader))
+}
+
+/// The address in the last `listening kind=api addr=IP:PORT` line.
+fn api_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .rev()
+        .filter(|l| l.contains("listening") && l.contains("kind=api"))
+        .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok()))
+}
