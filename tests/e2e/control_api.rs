@@ -437,3 +437,34 @@ async fn the_command_line_says_when_the_server_is_down_or_the_token_wrong() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot reach the control plane") && stderr.contains("refused"), "{stderr}");
 }
+
+/// Two servers on one etcd are replicas: one token, one registry, uniqueness across both.
+#[tokio::test]
+async fn replicas_on_etcd_share_the_registry_and_the_token() {
+    let etcd = tether_testkit::etcd::EtcdCluster::single().await.unwrap();
+    let store = format!("etcd://{}", etcd.endpoint(0).trim_start_matches("http://"));
+    let args = ["--store", store.as_str(), "--etcd-prefix", "/e2e"];
+    let a = ControlPlane::start_with(TETHER, &args).await.unwrap();
+    let b = ControlPlane::start_with(TETHER, &args).await.unwrap();
+    assert_eq!(a.token, b.token, "replicas must accept the same token");
+
+    assert_eq!(a.put(NS, &json!({})).await.unwrap().status, StatusCode::CREATED);
+    assert_eq!(
+        a.put(&format!("{NS}/services/payment"), &payment()).await.unwrap().status,
+        StatusCode::CREATED
+    );
+    let seen = b.get(&format!("{NS}/services/payment")).await.unwrap();
+    assert_eq!((seen.status, &seen.body["spec"]), (StatusCode::OK, &payment()), "{}", seen.text);
+
+    let mut clash = payment();
+    clash["serviceConnectConfiguration"]["services"][0]["clientAliases"] = json!([{ "port": 81 }]);
+    let refused = b.put(&format!("{NS}/services/billing"), &clash).await.unwrap();
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.text);
+    assert_eq!(refused.field(), Some("serviceConnectConfiguration.services[0].discoveryName"));
+
+    let registered =
+        b.put(&format!("{NS}/services/payment/instances/t1"), &instance("10.0.0.1", "HEALTHY")).await;
+    assert_eq!(registered.unwrap().status, StatusCode::CREATED);
+    let listed = a.get(&format!("{NS}/services/payment/instances?health=HEALTHY")).await.unwrap();
+    assert_eq!(listed.body["instances"][0]["id"], "t1", "{}", listed.text);
+}

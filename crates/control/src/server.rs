@@ -61,12 +61,13 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
 }
 
 impl<S: Store> Server<S> {
-    /// Creates the data directory and the admin token if they are missing, and
+    /// Creates the data directory and the admin token if they are missing (the token is shared
+    /// through the store with other replicas, see [`AdminToken::load_or_create`]), and
     /// binds the listener, so that a taken port fails here and the address is known before
     /// serving.
     pub async fn bind(config: &ServerConfig, store: S) -> Result<Self> {
         ensure_data_dir(&config.data_dir)?;
-        let (token, token_path) = AdminToken::load_or_create(&config.data_dir)?;
+        let (token, token_path) = AdminToken::load_or_create(&config.data_dir, &store).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;

@@ -1,5 +1,7 @@
-//! The admin token: created at random on first start, kept in `DIR/admin.token` (mode 0600) and
-//! reused on later starts, so the CLI on the same machine can read it.
+//! The admin token: made at random on first start and kept in two places, the store (so every
+//! server replica on a shared etcd accepts the same token, and proxies and runners can move
+//! between replicas) and `DIR/admin.token`, mode 0600 (so the CLI on the server's machine can
+//! read it).
 
 use std::fmt;
 use std::io::Write;
@@ -8,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use subtle::ConstantTimeEq;
+use tether_store::{Compare, Op, Store, Txn};
 
+use crate::registry::keys;
 use crate::{Error, Result};
 
 /// The token file's name inside the data directory.
@@ -24,41 +28,45 @@ impl AdminToken {
         Self(token.into())
     }
 
-    /// Reads `dir/admin.token`, or creates it with a new random token (mode 0600) when there is
-    /// none. Returns the token and the file's path.
-    pub fn load_or_create(dir: &Path) -> Result<(Self, PathBuf)> {
+    /// The token every server on `store` accepts: the one in the store if there is one;
+    /// otherwise the one in `dir/admin.token` (a store started before tokens were shared), or a
+    /// new random one, which is then put in the store. `dir/admin.token` is (re)written when it
+    /// does not hold that token. Returns the token and the file's path.
+    pub async fn load_or_create<S: Store>(dir: &Path, store: &S) -> Result<(Self, PathBuf)> {
         let path = dir.join(TOKEN_FILE);
-        let io = |source| Error::DataDir { path: path.clone(), source };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let token = text.trim();
-                if token.is_empty() {
-                    let source =
-                        std::io::Error::other("the token file is empty; delete it to have a new token made");
-                    return Err(io(source));
-                }
-                let mode = std::fs::metadata(&path).map_err(io)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the admin token file is readable by others; chmod 600 it");
-                }
-                Ok((Self::new(token), path))
+        let local = read(&path)?;
+        let candidate = match &local {
+            Some(token) => token.clone(),
+            None => Self::random().map_err(|source| Error::DataDir { path: path.clone(), source })?,
+        };
+        // Absent: of several replicas starting at once, exactly one token wins.
+        let txn = Txn {
+            when: vec![Compare::Absent(keys::ADMIN_TOKEN.to_owned())],
+            ops: vec![Op::Put {
+                key: keys::ADMIN_TOKEN.to_owned(),
+                value: candidate.0.as_bytes().to_vec(),
+                lease: None,
+            }],
+        };
+        let shared = match store.commit(txn).await {
+            Ok(_) => candidate,
+            Err(tether_store::Error::Conflict(_)) => {
+                let kv = store.get(keys::ADMIN_TOKEN).await?.ok_or_else(|| {
+                    Error::Store(format!("`{}` vanished while it was being read", keys::ADMIN_TOKEN))
+                })?;
+                let text = String::from_utf8(kv.value)
+                    .map_err(|e| Error::Corrupt { key: kv.key.clone(), reason: e.to_string() })?;
+                Self::new(text.trim())
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let token = Self::random().map_err(io)?;
-                // create_new: if another process made the file meanwhile, fail rather than
-                // overwrite a token someone may already hold.
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io)?;
-                file.write_all(format!("{}\n", token.0).as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Ok((token, path))
+            Err(e) => return Err(e.into()),
+        };
+        if local.as_ref().is_none_or(|l| l.0 != shared.0) {
+            if local.is_some() {
+                tracing::warn!(path = %path.display(), "the admin token file differs from the token the store holds; replacing the file");
             }
-            Err(e) => Err(io(e)),
+            write(&path, &shared).map_err(|source| Error::DataDir { path: path.clone(), source })?;
         }
+        Ok((shared, path))
     }
 
     fn random() -> std::io::Result<Self> {
@@ -79,6 +87,34 @@ impl AdminToken {
     }
 }
 
+/// The token in `path`, if the file exists.
+fn read(path: &Path) -> Result<Option<AdminToken>> {
+    let io = |source| Error::DataDir { path: path.to_owned(), source };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => Ok(None),
+        Ok(text) => {
+            let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the admin token file is readable by others; chmod 600 it");
+            }
+            Ok(Some(AdminToken::new(text.trim())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Writes the token beside `path` with mode 0600 and renames it into place, so a reader never
+/// sees half a token and the file is never readable by others, even for a moment.
+fn write(path: &Path, token: &AdminToken) -> std::io::Result<()> {
+    let temporary = path.with_extension("token.new");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
+    file.write_all(format!("{}\n", token.0).as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
 /// Never prints the token itself.
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,18 +124,48 @@ impl fmt::Debug for AdminToken {
 
 #[cfg(test)]
 mod tests {
+    use tether_store::Embedded;
+
     use super::*;
 
-    #[test]
-    fn a_token_is_created_once_with_mode_0600_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let (first, path) = AdminToken::load_or_create(dir.path()).unwrap();
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn a_token_is_created_once_with_mode_0600_and_reused() {
+        let (dir, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = Embedded::open(db.path()).unwrap();
+        let (first, path) = AdminToken::load_or_create(dir.path(), &store).await.unwrap();
         assert_eq!(first.as_str().len(), 64);
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let (again, _) = AdminToken::load_or_create(dir.path()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let (again, _) = AdminToken::load_or_create(dir.path(), &store).await.unwrap();
         assert_eq!(first.as_str(), again.as_str());
         assert!(first.matches(again.as_str()));
         assert!(!first.matches(&again.as_str()[1..]));
         assert!(!first.matches(""));
+    }
+
+    #[tokio::test]
+    async fn replicas_on_one_store_agree_on_one_token() {
+        let db = tempfile::tempdir().unwrap();
+        let store = Embedded::open(db.path()).unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (first, _) = AdminToken::load_or_create(a.path(), &store).await.unwrap();
+        // b has a token of its own from before: the store's wins, and b's file is replaced.
+        std::fs::write(b.path().join(TOKEN_FILE), "old\n").unwrap();
+        let (second, path) = AdminToken::load_or_create(b.path(), &store).await.unwrap();
+        assert_eq!(first.as_str(), second.as_str());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), first.as_str());
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[tokio::test]
+    async fn an_existing_token_file_seeds_an_empty_store() {
+        let (dir, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(dir.path().join(TOKEN_FILE), "kept-from-before\n").unwrap();
+        let store = Embedded::open(db.path()).unwrap();
+        let (token, _) = AdminToken::load_or_create(dir.path(), &store).await.unwrap();
+        assert_eq!(token.as_str(), "kept-from-before");
     }
 }

@@ -17,9 +17,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Run the control plane: the registry of namespaces, services and instances, and its REST API.
 ///
-/// On first start it creates the data directory (mode 0700) and a random admin token in
-/// DIR/admin.token (mode 0600); later starts reuse both. Every API route except /healthz and
-/// /openapi.json needs that token: `Authorization: Bearer TOKEN`.
+/// On first start it creates the data directory (mode 0700) and a random admin token, kept in
+/// the store (so servers sharing an etcd accept the same one) and in DIR/admin.token (mode
+/// 0600); later starts reuse it. Every API route except /healthz and /openapi.json needs that
+/// token: `Authorization: Bearer TOKEN`.
 ///
 /// The registry is kept in DIR/store.redb (durable: a write is on disk before it is
 /// acknowledged), or in etcd with --store etcd://HOST:PORT,..., so that several servers share

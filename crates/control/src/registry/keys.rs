@@ -5,6 +5,7 @@
 //! /namespaces/{ns}                 {"name": ns}; rewritten by every service PUT in the namespace
 //! /ns/{ns}/svc/{service}           the service's spec, as written (JSON)
 //! /ns/{ns}/inst/{service}/{id}     an instance (JSON), attached to its lease if it has one
+//! /admin-token                     the admin token every server on this store accepts
 //! ```
 //!
 //! The namespace's own key sits outside `/ns/{ns}/` so that listing namespaces reads one key per
@@ -12,6 +13,9 @@
 //! prefix never matches a longer name: `/ns/shop/` is not a prefix of `/ns/shop.local/…`.
 
 pub const NAMESPACES: &str = "/namespaces/";
+
+/// Replicas sharing a store must accept the same token, so it is kept there too.
+pub const ADMIN_TOKEN: &str = "/admin-token";
 
 pub fn namespace(ns: &str) -> String {
     format!("{NAMESPACES}{ns}")
