@@ -441,7 +441,7 @@ async fn the_command_line_says_when_the_server_is_down_or_the_token_wrong() {
 /// Two servers on one etcd are replicas: one token, one registry, uniqueness across both.
 #[tokio::test]
 async fn replicas_on_etcd_share_the_registry_and_the_token() {
-    let etcd = tether_testkit::etcd::EtcdCluster::single().await.unwrap();
+    let mut etcd = tether_testkit::etcd::EtcdCluster::single().await.unwrap();
     let store = format!("etcd://{}", etcd.endpoint(0).trim_start_matches("http://"));
     let args = ["--store", store.as_str(), "--etcd-prefix", "/e2e"];
     let a = ControlPlane::start_with(TETHER, &args).await.unwrap();
@@ -467,4 +467,16 @@ async fn replicas_on_etcd_share_the_registry_and_the_token() {
     assert_eq!(registered.unwrap().status, StatusCode::CREATED);
     let listed = a.get(&format!("{NS}/services/payment/instances?health=HEALTHY")).await.unwrap();
     assert_eq!(listed.body["instances"][0]["id"], "t1", "{}", listed.text);
+
+    // Without its store the API says so (503, with the store's reason) instead of hanging.
+    etcd.stop(0);
+    let unavailable =
+        a.put(&format!("{NS}/services/payment/instances/t2"), &instance("10.0.0.2", "HEALTHY")).await;
+    let unavailable = unavailable.unwrap();
+    assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE, "{}", unavailable.text);
+    assert!(
+        unavailable.body["error"].as_str().unwrap().contains("store unavailable"),
+        "{}",
+        unavailable.text
+    );
 }
