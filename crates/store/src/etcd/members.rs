@@ -1,9 +1,9 @@
 //! Which etcd member a request goes to, and what happens when that member fails it.
 //!
-//! Each member gets a client of its own, and requests stick to the last member that answered.
-//! A request that fails because of the member (it is down, or has no leader) moves on to the
-//! next member and stays there, like etcd's own Go client does. Left to tonic's balancer, a
-//! request could go to a member that was known to be down and fail although a quorum is up.
+//! Each member gets a connection of its own, and requests stick to the last member that
+//! answered. A request that fails because of the member (it is down, or has no leader) moves on
+//! to the next member and stays there, like etcd's own Go client does. Left to tonic's balancer,
+//! a request could go to a member that was known to be down and fail although a quorum is up.
 //! All of this happens within one [`REQUEST_TIMEOUT`], so a cluster without quorum still
 //! fails fast.
 
@@ -11,10 +11,17 @@ use std::error::Error as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use etcd_client::{Client, ConnectOptions};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout_at};
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
 
-use super::{CONNECT_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, REQUEST_TIMEOUT};
+use super::proto::etcdserverpb::kv_client::KvClient;
+use super::proto::etcdserverpb::lease_client::LeaseClient;
+use super::proto::etcdserverpb::watch_client::WatchClient;
+use super::{CONNECT_TIMEOUT, MAX_MESSAGE, PING_INTERVAL, PING_TIMEOUT, REQUEST_TIMEOUT};
 use crate::{Error, Result};
 
 /// Whether a failed request may be sent to another member.
@@ -27,54 +34,82 @@ pub(super) enum Retry {
     IfUnsent,
 }
 
+/// The connection to one member, shared by all of its clients.
+type Connection = InterceptedService<Channel, RequireLeader>;
+
+#[derive(Clone)]
+pub(super) struct Member {
+    connection: Connection,
+}
+
+impl Member {
+    pub(super) fn kv(&self) -> KvClient<Connection> {
+        KvClient::new(self.connection.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    pub(super) fn watch(&self) -> WatchClient<Connection> {
+        WatchClient::new(self.connection.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    pub(super) fn lease(&self) -> LeaseClient<Connection> {
+        LeaseClient::new(self.connection.clone())
+    }
+}
+
+/// Marks every request with etcd's "require leader" flag: a member that has lost its leader
+/// refuses such a request at once ("no leader") and ends such a stream, instead of keeping it
+/// waiting for an election that may never come.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RequireLeader;
+
+impl Interceptor for RequireLeader {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request.metadata_mut().insert("hasleader", MetadataValue::from_static("true"));
+        Ok(request)
+    }
+}
+
 pub(super) struct Members {
-    clients: Vec<Client>,
+    members: Vec<Member>,
     current: AtomicUsize,
 }
 
 impl Members {
-    pub(super) async fn connect(endpoints: &[String]) -> Result<Members> {
+    /// Connecting is lazy: this fails only on a malformed endpoint.
+    pub(super) fn connect(endpoints: &[String]) -> Result<Members> {
         if endpoints.is_empty() {
             return Err(Error::Other("no etcd endpoints given".into()));
         }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
-            .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
-        let mut clients = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
-            // Connecting is lazy: this fails only on a malformed endpoint.
-            let connecting = Client::connect([endpoint], Some(options.clone()));
-            let client = timeout(CONNECT_TIMEOUT, connecting)
-                .await
-                .map_err(|_| Error::Unavailable(format!("etcd at {endpoint} did not answer")))?
-                .map_err(|e| Error::Other(format!("etcd endpoint {endpoint}: {e}")))?;
-            clients.push(client);
-        }
-        Ok(Members { clients, current: AtomicUsize::new(0) })
+        let members = endpoints
+            .iter()
+            .map(|endpoint| {
+                let channel = endpoint_of(endpoint)?.connect_lazy();
+                Ok(Member { connection: InterceptedService::new(channel, RequireLeader) })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Members { members, current: AtomicUsize::new(0) })
     }
 
     /// Runs `request` on the current member, moving on to the next ones as `retry` allows, all
     /// within [`REQUEST_TIMEOUT`].
     pub(super) async fn call<T, F, Fut>(&self, what: &str, retry: Retry, mut request: F) -> Result<T>
     where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = Result<T, etcd_client::Error>>,
+        F: FnMut(Member) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let first = self.current.load(Ordering::Relaxed);
         let mut last_error = None;
-        for attempt in 0..self.clients.len() {
-            let member = (first + attempt) % self.clients.len();
-            match timeout_at(deadline, request(self.clients[member].clone())).await {
+        for attempt in 0..self.members.len() {
+            let member = (first + attempt) % self.members.len();
+            match timeout_at(deadline, request(self.members[member].clone())).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => {
+                Ok(Err(status)) => {
                     let elsewhere = match retry {
-                        Retry::Idempotent => member_failed(&error),
-                        Retry::IfUnsent => never_processed(&error),
+                        Retry::Idempotent => member_failed(&status),
+                        Retry::IfUnsent => never_processed(&status),
                     };
-                    let error = etcd_error(error);
+                    let error = etcd_error(&status);
                     if !elsewhere {
                         return Err(error);
                     }
@@ -95,25 +130,34 @@ impl Members {
 
     /// Makes the member after `failed` current, unless another request already moved on.
     fn move_past(&self, failed: usize) {
-        let next = (failed + 1) % self.clients.len();
+        let next = (failed + 1) % self.members.len();
         let _ = self.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
-/// The member (or the cluster as that member sees it) failed, not the request.
-fn member_failed(error: &etcd_client::Error) -> bool {
-    use etcd_client::Error as E;
-    match error {
-        E::GRpcStatus(status) => never_processed(error) || is_unavailable(status),
-        E::TransportError(_) | E::IoError(_) => true,
-        _ => false,
+/// How to reach the member at `address`: a URL, or `host:port` as etcd's own tools accept.
+fn endpoint_of(address: &str) -> Result<Endpoint> {
+    let url = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
+    if !url.starts_with("http://") {
+        return Err(Error::Other(format!("etcd endpoint {address}: only plain http:// is supported")));
     }
+    let endpoint =
+        Endpoint::from_shared(url).map_err(|e| Error::Other(format!("etcd endpoint {address}: {e}")))?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true))
+}
+
+/// The member (or the cluster as that member sees it) failed, not the request.
+fn member_failed(status: &Status) -> bool {
+    never_processed(status) || is_unavailable(status)
 }
 
 /// The request cannot have changed anything: it never got to a member, or the member refused it
 /// for want of a leader before looking at it.
-fn never_processed(error: &etcd_client::Error) -> bool {
-    let etcd_client::Error::GRpcStatus(status) = error else { return false };
+fn never_processed(status: &Status) -> bool {
     if status.message().contains("no leader") {
         return true;
     }
@@ -127,34 +171,23 @@ fn never_processed(error: &etcd_client::Error) -> bool {
     false
 }
 
-fn is_unavailable(status: &tonic::Status) -> bool {
-    use tonic::Code;
+fn is_unavailable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted)
         // tonic's word for a connection that broke under the request, as when its member died.
         || (status.code() == Code::Unknown && status.message().contains("transport error"))
 }
 
 /// Sorts etcd's errors into ours by what the caller can do about them.
-fn etcd_error(error: etcd_client::Error) -> Error {
-    use etcd_client::Error as E;
-    match error {
-        E::GRpcStatus(status) => {
-            let message = status.message();
-            if message.contains("requested lease not found") {
-                // etcd does not name the lease; the caller knows which it meant and puts it in.
-                Error::LeaseNotFound(0)
-            } else if message.contains("no leader") || message.contains("leader changed") {
-                Error::Unavailable(format!("etcd has no quorum: {message}"))
-            } else if is_unavailable(&status) {
-                Error::Unavailable(format!("etcd has no quorum or cannot be reached: {message}"))
-            } else {
-                Error::Other(format!("etcd: {message}"))
-            }
-        }
-        E::TransportError(e) => Error::Unavailable(format!("etcd cannot be reached: {e}")),
-        E::IoError(e) => Error::Unavailable(format!("etcd cannot be reached: {e}")),
-        // The keep-alive stream's own word for a lease etcd answered with a TTL of 0.
-        E::LeaseKeepAliveError(message) if message.contains("lease not found") => Error::LeaseNotFound(0),
-        other => Error::Other(format!("etcd: {other}")),
+fn etcd_error(status: &Status) -> Error {
+    let message = status.message();
+    if message.contains("requested lease not found") {
+        // etcd does not name the lease; the caller knows which it meant and puts it in.
+        Error::LeaseNotFound(0)
+    } else if message.contains("no leader") || message.contains("leader changed") {
+        Error::Unavailable(format!("etcd has no quorum: {message}"))
+    } else if is_unavailable(status) {
+        Error::Unavailable(format!("etcd has no quorum or cannot be reached: {message}"))
+    } else {
+        Error::Other(format!("etcd: {message}"))
     }
 }

@@ -8,11 +8,15 @@
 
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+use tonic::{Status, Streaming};
 
-use super::Etcd;
 use super::members::Retry;
+use super::proto::etcdserverpb::watch_request::RequestUnion;
+use super::proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use super::proto::mvccpb::event::EventType;
+use super::{Etcd, prefix_end};
 use crate::{Error, Event, Result, Revision, Watch};
 
 /// Events a watcher may leave unread before the forwarding task stops reading from etcd.
@@ -23,7 +27,7 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Opens the watch now, so a compacted `after` or an unreachable cluster is the caller's error,
 /// and forwards its events from a task.
-pub(super) async fn start(etcd: Etcd, key: String, after: Revision) -> Result<Watch> {
+pub(super) async fn start(etcd: Etcd, key: Vec<u8>, after: Revision) -> Result<Watch> {
     let stream = open(&etcd, &key, after).await?;
     let (events, receiver) = mpsc::channel(WATCH_BUFFER);
     tokio::spawn(forward(etcd, key, after, stream, events));
@@ -31,28 +35,35 @@ pub(super) async fn start(etcd: Etcd, key: String, after: Revision) -> Result<Wa
 }
 
 /// A watch of everything under `key` after `after`, once etcd confirmed it.
-async fn open(etcd: &Etcd, key: &str, after: Revision) -> Result<WatchStream> {
-    let options = WatchOptions::new().with_prefix().with_start_revision(after.saturating_add(1));
+async fn open(etcd: &Etcd, key: &[u8], after: Revision) -> Result<Streaming<WatchResponse>> {
+    let create = WatchCreateRequest {
+        key: key.to_vec(),
+        range_end: prefix_end(key),
+        start_revision: after.saturating_add(1),
+        ..WatchCreateRequest::default()
+    };
+    let request = WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) };
     let (stream, first) = etcd
         .members
-        .call("watch", Retry::Idempotent, |client| {
-            let (key, options) = (key.to_owned(), options.clone());
+        .call("watch", Retry::Idempotent, |member| {
+            // The request side stays open after the one request, for as long as the watch runs.
+            let requests = tokio_stream::once(request.clone()).chain(tokio_stream::pending());
             async move {
-                let mut stream = client.watch_client().watch(key, Some(options)).await?;
+                let mut stream = member.watch().watch(requests).await?.into_inner();
                 // The first answer says whether etcd created the watch or refused it.
                 let first = stream.message().await?;
-                Ok((stream, first))
+                Ok::<_, Status>((stream, first))
             }
         })
         .await?;
     let Some(first) = first else {
         return Err(Error::Unavailable("etcd closed the watch stream as it opened".into()));
     };
-    if first.compact_revision() > 0 {
-        return Err(Error::Compacted { requested: after, oldest: first.compact_revision() });
+    if first.compact_revision > 0 {
+        return Err(Error::Compacted { requested: after, oldest: first.compact_revision });
     }
-    if first.canceled() || !first.created() {
-        return Err(Error::Unavailable(format!("etcd did not create the watch: {}", first.cancel_reason())));
+    if first.canceled || !first.created {
+        return Err(Error::Unavailable(format!("etcd did not create the watch: {}", first.cancel_reason)));
     }
     Ok(stream)
 }
@@ -60,9 +71,9 @@ async fn open(etcd: &Etcd, key: &str, after: Revision) -> Result<WatchStream> {
 /// Runs until the watcher drops its [`Watch`] or the history it needs is compacted.
 async fn forward(
     etcd: Etcd,
-    key: String,
+    key: Vec<u8>,
     mut delivered: Revision,
-    mut stream: WatchStream,
+    mut stream: Streaming<WatchResponse>,
     events: mpsc::Sender<Result<Event>>,
 ) {
     loop {
@@ -76,12 +87,12 @@ async fn forward(
                 // A broken connection or a stream etcd ended: reopen below.
                 Ok(None) | Err(_) => break,
             };
-            if response.compact_revision() > 0 {
-                let oldest = response.compact_revision();
+            if response.compact_revision > 0 {
+                let oldest = response.compact_revision;
                 let _ = events.send(Err(Error::Compacted { requested: delivered, oldest })).await;
                 return;
             }
-            if response.canceled() {
+            if response.canceled {
                 break;
             }
             match deliver(&etcd, &response, delivered, &events).await {
@@ -118,15 +129,15 @@ async fn deliver(
     events: &mpsc::Sender<Result<Event>>,
 ) -> Option<Revision> {
     let before = delivered;
-    for event in response.events() {
-        let Some(kv) = event.kv() else { continue };
-        let revision = kv.mod_revision();
+    for event in &response.events {
+        let Some(kv) = &event.kv else { continue };
+        let revision = kv.mod_revision;
         if revision <= before {
             continue;
         }
-        let converted = match event.event_type() {
+        let converted = match event.r#type() {
             EventType::Put => etcd.key_value(kv).map(Event::Put),
-            EventType::Delete => etcd.strip(kv.key()).map(|key| Event::Delete { key, revision }),
+            EventType::Delete => etcd.strip(&kv.key).map(|key| Event::Delete { key, revision }),
         };
         events.send(converted).await.ok()?;
         delivered = delivered.max(revision);
