@@ -355,8 +355,20 @@ impl ProxyConfig {
     }
 
     pub fn from_source(source: &Source) -> Result<Self, ConfigErrors> {
+        Self::validate(source, false)
+    }
+
+    /// Parses and validates a config assembled from the control plane's stream. The same rules
+    /// as a file's, but for two that only catch mistakes in hand-written files: a sidecar of a
+    /// namespace with nothing to call has no listeners yet, and an alias whose service has no
+    /// instances yet has no endpoints (its requests fail with 503 until one registers).
+    pub fn parse_streamed(name: &str, text: &str) -> Result<Self, ConfigErrors> {
+        Self::validate(&Source::parse(name, text)?, true)
+    }
+
+    fn validate(source: &Source, streamed: bool) -> Result<Self, ConfigErrors> {
         let raw: RawConfig = source.deserialize()?;
-        let mut v = Validator { source, errors: Vec::new(), listens: HashMap::new() };
+        let mut v = Validator { source, errors: Vec::new(), listens: HashMap::new(), streamed };
         let config = v.config(raw);
         if v.errors.is_empty() { Ok(config) } else { Err(ConfigErrors(v.errors)) }
     }
@@ -372,6 +384,8 @@ impl ProxyConfig {
 struct Validator<'a> {
     source: &'a Source,
     errors: Vec<ConfigError>,
+    /// From the control plane rather than a file ([`ProxyConfig::parse_streamed`]).
+    streamed: bool,
     /// Every address bound so far, with the field that binds it.
     listens: HashMap<SocketAddr, String>,
 }
@@ -389,7 +403,7 @@ impl Validator<'_> {
                 unspecified()
             }
         };
-        if raw.inbound.is_empty() && raw.outbound.is_empty() {
+        if raw.inbound.is_empty() && raw.outbound.is_empty() && !self.streamed {
             self.fail(
                 String::new(),
                 "no listeners: add at least one `inbound` (a published port) or `outbound` (a client alias) entry",
@@ -453,7 +467,7 @@ impl Validator<'_> {
                 "must be 1 to 127 characters of a-z, 0-9, `_`, `.` and `-`, e.g. `payment-service`",
             );
         }
-        if raw.endpoints.is_empty() {
+        if raw.endpoints.is_empty() && !self.streamed {
             self.fail(
                 at("endpoints"),
                 "no endpoints; list at least one, e.g. `endpoints: [\"127.0.0.1:8080\"]`",

@@ -233,7 +233,7 @@ impl Discovery {
         });
         let name = format!("config version {}", snapshot.version);
         let mut config =
-            ProxyConfig::parse(&name, &document.to_string()).map_err(|errors| errors.to_string())?;
+            ProxyConfig::parse_streamed(&name, &document.to_string()).map_err(|errors| errors.to_string())?;
         if let Some(ip) = self.settings.outbound_ip {
             for outbound in &mut config.outbound {
                 outbound.listen = SocketAddr::new(ip, 0);

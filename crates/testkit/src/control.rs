@@ -90,6 +90,15 @@ impl ControlPlane {
         self.wait_ready(Duration::from_secs(20)).await
     }
 
+    /// Starts the server again, after [`kill`](Self::kill), on the same data directory and the
+    /// same address (what proxies were told), and waits until it answers.
+    pub async fn start_again(&mut self) -> anyhow::Result<()> {
+        let listen = self.addr.to_string();
+        let (child, log, reader) = spawn_at(&self.bin, &listen, &self.data_dir(), &self.extra_args)?;
+        (self.child, self.log, self.reader) = (child, log, Some(reader));
+        self.wait_ready(Duration::from_secs(20)).await
+    }
+
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -210,8 +219,12 @@ impl Drop for ControlPlane {
 type Spawned = (Child, Arc<Mutex<String>>, std::thread::JoinHandle<()>);
 
 fn spawn(bin: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<Spawned> {
+    spawn_at(bin, "127.0.0.1:0", data, extra_args)
+}
+
+fn spawn_at(bin: &str, listen: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<Spawned> {
     let mut child = Command::new(bin)
-        .args(["server", "--listen", "127.0.0.1:0", "--data"])
+        .args(["server", "--listen", listen, "--data"])
         .arg(data)
         .args(extra_args)
         .env("TETHER_LOG", "debug")

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use tether_control::stream::ConfigStreamService;
 use tether_control::{DEFAULT_LISTEN, Server, ServerConfig, default_data_dir, ensure_data_dir};
 use tether_store::{Embedded, Etcd, Store};
 use tracing::{error, info, warn};
@@ -94,6 +95,8 @@ pub fn main(args: Args) -> ExitCode {
 
 async fn serve<S: Store>(config: &ServerConfig, store: S) -> anyhow::Result<()> {
     let server = Server::bind(config, store).await?;
+    let stream = ConfigStreamService::new(server.registry().clone(), server.admin_token().clone());
+    let server = server.merge(stream.router());
     info!(token = %server.token_path().display(), "admin token");
     // Tests and scripts read the address from this line.
     info!(kind = %"api", addr = %server.local_addr(), "listening");

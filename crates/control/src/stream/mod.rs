@@ -40,9 +40,12 @@ impl<S: Store> ConfigStreamService<S> {
         Self { followers: Arc::new(Followers::new(registry)), token }
     }
 
-    /// The gRPC service as routes to serve beside the REST API.
+    /// The gRPC service as routes to serve beside the REST API (with no fallback of its own,
+    /// so that unknown paths get the API's answer).
     pub fn router(self) -> axum::Router {
-        tonic::service::Routes::new(ConfigStreamServer::new(self)).into_axum_router()
+        let path =
+            format!("/{}/{{*method}}", <ConfigStreamServer<Self> as tonic::server::NamedService>::NAME);
+        axum::Router::new().route_service(&path, ConfigStreamServer::new(self))
     }
 }
 
