@@ -253,18 +253,22 @@ async fn an_instance_whose_lease_is_not_renewed_disappears_from_every_proxy() {
         until(&proxy.url("api", "/"), Instant::now(), from("b2")).await;
     }
     // Renewed for twice its TTL: still there.
-    for _ in 0..4 {
-        tokio::time::sleep(TTL / 2).await;
+    let renew = || async {
         let renewed = cp.put(&format!("/v1/leases/{id}"), &json!({})).await.unwrap();
         assert!(renewed.status.is_success(), "{renewed:?}");
+        Instant::now()
+    };
+    let mut renewed = renew().await;
+    for _ in 0..4 {
+        tokio::time::sleep(TTL / 2).await;
+        renewed = renew().await;
     }
     for proxy in &proxies {
         assert!(routes_to(proxy, &b2).await, "the leased instance went while its lease was renewed");
     }
     // The runner stops renewing: gone from both proxies once the lease runs out.
-    let stopped = Instant::now();
     for proxy in &proxies {
-        let took = stops_routing_to(proxy, &proxy.url("api", "/"), &b2, stopped).await;
+        let took = stops_routing_to(proxy, &proxy.url("api", "/"), &b2, renewed).await;
         assert!(
             took >= TTL / 2,
             "the instance went {took:?} after the last renewal, before its lease ran out"
@@ -276,4 +280,64 @@ async fn an_instance_whose_lease_is_not_renewed_disappears_from_every_proxy() {
     }
     let left = cp.get(&format!("/v1/namespaces/{NS}/services/api/instances")).await.unwrap();
     assert_eq!(left.body["instances"].as_array().map(Vec::len), Some(1), "{left:?}");
+}
+
+/// F10: three etcd members, two `tether server` replicas on them, a proxy on the first. Kill
+/// that replica: the proxy moves to the other and keeps following. Stop two etcd members:
+/// writes fail fast with a clear error while the proxy keeps serving. Start them again: writes
+/// succeed and reach the proxy through the resumed watches.
+#[tokio::test]
+async fn proxies_ride_out_a_replica_and_etcd_quorum_going_away() {
+    let mut etcd = tether_testkit::etcd::EtcdCluster::cluster(3).await.unwrap();
+    let endpoints: Vec<String> =
+        etcd.endpoints().iter().map(|e| e.trim_start_matches("http://").to_owned()).collect();
+    let store = format!("etcd://{}", endpoints.join(","));
+    let args = ["--store", store.as_str(), "--etcd-prefix", "/f10"];
+    let mut first = ControlPlane::start_with(TETHER, &args).await.unwrap();
+    let second = ControlPlane::start_with(TETHER, &args).await.unwrap();
+    put(&first, &format!("/v1/namespaces/{NS}"), json!({})).await;
+    put(&first, &format!("/v1/namespaces/{NS}/services/api"), published("api")).await;
+    put(&first, &format!("/v1/namespaces/{NS}/services/web"), client_only()).await;
+    let (b1, b2, b3) = (Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await);
+    put(&first, &inst_path("api", "i1"), instance(&b1, "HEALTHY", "api-1")).await;
+
+    let state = tempfile::tempdir().unwrap();
+    let servers = format!("{},{}", first.url(), second.url());
+    let proxy =
+        Sidecar::start_fed(TETHER, &servers, &first.token, (NS, "web", "web-1"), state.path()).await.unwrap();
+    let url = proxy.url("api", "/");
+    until(&url, Instant::now(), from("b1")).await;
+
+    // The replica the proxy follows dies; a change made through the other still reaches it.
+    let load = Load::start(Client::http1(), url.clone(), 2, 1_000_000);
+    first.kill();
+    put(&second, &inst_path("api", "i2"), instance(&b2, "HEALTHY", "api-2")).await;
+    until(&url, Instant::now(), from("b2")).await;
+    assert_eq!(proxy.addr("api").to_string(), url[7..url.len() - 1], "the proxy's listener moved");
+
+    // etcd loses quorum: a write fails within seconds, saying why; the proxy keeps serving.
+    etcd.stop(1);
+    etcd.stop(2);
+    let started = Instant::now();
+    let refused = second.put(&inst_path("api", "i3"), &instance(&b3, "HEALTHY", "api-3")).await.unwrap();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.text.contains("unavailable"), "the error does not say why: {refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the write hung for {:?}", started.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Quorum returns: writes succeed again and the watches deliver them.
+    etcd.start(1).await.unwrap();
+    etcd.start(2).await.unwrap();
+    etcd.wait_healthy().await.unwrap();
+    assert_eventually!(
+        Duration::from_secs(20),
+        second
+            .put(&inst_path("api", "i3"), &instance(&b3, "HEALTHY", "api-3"))
+            .await
+            .is_ok_and(|r| r.status.is_success()),
+        "writes did not succeed again after quorum returned"
+    );
+    until(&url, Instant::now(), from("b3")).await;
+    let report = load.stop().await;
+    report.assert_no_failures();
 }

@@ -126,6 +126,9 @@ fn diff(before: &Resources, after: &Resources) -> Vec<(String, Option<resources:
 pub struct Followed {
     pub state: Mutex<State>,
     pub changes: broadcast::Sender<Arc<Change>>,
+    /// True once the namespace has been listed: before that the state is empty, and a proxy
+    /// sent it would drop every destination it has.
+    pub loaded: tokio::sync::watch::Sender<bool>,
 }
 
 /// The namespaces followed, each once however many streams want it.
@@ -149,6 +152,7 @@ impl<S: Store> Followers<S> {
         let followed = Arc::new(Followed {
             state: Mutex::new(State::default()),
             changes: broadcast::channel(BACKLOG).0,
+            loaded: tokio::sync::watch::channel(false).0,
         });
         namespaces.insert(ns.to_owned(), followed.clone());
         tokio::spawn(run(self.registry.clone(), ns.to_owned(), followed.clone()));
@@ -181,6 +185,7 @@ async fn run<S: Store>(registry: Registry<S>, ns: String, followed: Arc<Followed
             state.rebuild(snapshot);
             let _ = followed.changes.send(Arc::new(Change { everything: true, ..Change::default() }));
         }
+        followed.loaded.send_replace(true);
         debug!(%ns, revision = listing.revision, "namespace listed");
         let mut watch = match registry.store().watch(&prefix, listing.revision).await {
             Ok(watch) => watch,

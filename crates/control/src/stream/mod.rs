@@ -96,6 +96,11 @@ async fn serve(
     updates: mpsc::Sender<Result<ConfigUpdate, Status>>,
 ) {
     let me = (hello.service.clone(), hello.task.clone());
+    let mut loaded = followed.loaded.subscribe();
+    tokio::select! {
+        result = loaded.wait_for(|loaded| *loaded) => if result.is_err() { return },
+        () = updates.closed() => return,
+    }
     let mut sent = Sent::new();
     let mut version = 0;
     let (mut changes, view) = resubscribe(&followed, &me);
