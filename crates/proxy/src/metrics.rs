@@ -76,6 +76,14 @@ pub struct ResilienceMetrics {
     pub endpoints_ejected: Gauge,
 }
 
+impl ResilienceMetrics {
+    /// The gauges of a route's endpoints, after its set changed.
+    pub fn set_endpoints(&self, total: usize, healthy: usize) {
+        self.endpoints_total.set(total as i64);
+        self.endpoints_healthy.set(healthy as i64);
+    }
+}
+
 /// The handles one listener updates.
 #[derive(Clone)]
 pub struct ListenerMetrics {

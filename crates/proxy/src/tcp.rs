@@ -171,18 +171,17 @@ impl TcpRouting {
                 }),
             })
             .collect();
-        let outliers = match same {
-            Some(p) => p.outliers.clone(),
-            None => Arc::new(Outliers::new(
-                settings.outlier_detection,
-                m.ejections.clone(),
-                m.endpoints_ejected.clone(),
-            )),
-        };
-        outliers.recount(endpoints.iter().map(|e| &e.outlier));
-        m.endpoints_total.set(endpoints.len() as i64);
-        m.endpoints_healthy
-            .set(endpoints.iter().filter(|e| e.healthy.load(Ordering::Relaxed)).count() as i64);
+        let outliers = Outliers::carry(
+            same.map(|p| &p.outliers),
+            settings.outlier_detection,
+            &m.ejections,
+            &m.endpoints_ejected,
+            endpoints.iter().map(|e| &e.outlier),
+        );
+        m.set_endpoints(
+            endpoints.len(),
+            endpoints.iter().filter(|e| e.healthy.load(Ordering::Relaxed)).count(),
+        );
         Self { balancer: Balancer::new(settings.policy), endpoints, outliers, settings }
     }
 }

@@ -5,6 +5,7 @@ mod api_client;
 mod inspect;
 mod proxy;
 mod server;
+mod signal;
 
 /// A proxy allocates and frees small buffers on every request; mimalloc does that with less
 /// work than glibc's allocator (one hop: about a fifth more requests per second). It is built

@@ -119,7 +119,7 @@ fn runtime(threads: u16) -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(config: ProxyConfig, threads: u16) -> anyhow::Result<()> {
     runtime(threads)?.block_on(async {
         let proxy = Proxy::bind(config).await?;
-        proxy.run(shutdown_signal()).await;
+        proxy.run(crate::signal::shutdown()).await;
         Ok(())
     })
 }
@@ -189,7 +189,7 @@ mod fed {
                 }
             },
         };
-        proxy.run_with_updates(shutdown_signal(), incoming).await;
+        proxy.run_with_updates(crate::signal::shutdown(), incoming).await;
         Ok(())
     }
 }
@@ -202,26 +202,4 @@ fn raise_open_files_limit() {
         Ok(limit) => info!(limit, "open files limit"),
         Err(e) => warn!("cannot raise the open files limit: {e}"),
     }
-}
-
-/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        error!("cannot install signal handlers; SIGTERM will not drain");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        error!("second signal: exiting without finishing the drain");
-        std::process::exit(130);
-    });
 }

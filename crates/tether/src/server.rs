@@ -103,7 +103,7 @@ async fn serve<S: Store>(config: &ServerConfig, store: S) -> anyhow::Result<()> 
     // Requests in flight may finish, but long streams must not hold the exit up forever.
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let signal = async move {
-        shutdown_signal().await;
+        crate::signal::shutdown().await;
         let _ = stopping.send(());
     };
     let run = server.run(signal);
@@ -135,20 +135,6 @@ fn etcd_endpoints(url: &str) -> Result<Vec<String>, String> {
             _ => Err(format!("--store: `{host}` is not HOST:PORT; {usage}")),
         })
         .collect()
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        error!("cannot install signal handlers; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received; stopping"),
-        _ = int.recv() => info!("SIGINT received; stopping"),
-    }
 }
 
 #[cfg(test)]

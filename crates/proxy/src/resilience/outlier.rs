@@ -1,5 +1,6 @@
 //! Outlier detection: gateway failures in a row eject an endpoint for a while (design §5).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -96,6 +97,23 @@ impl Outliers {
         self.ejections.inc();
         self.ejected_gauge.inc();
         tracing::info!(?duration, times, "outlier ejected");
+    }
+
+    /// The outlier detection of a route's new set of endpoints: `previous`'s, carried over when
+    /// its settings are unchanged, else a new one; counted again over `endpoints` either way.
+    pub fn carry<'a>(
+        previous: Option<&Arc<Outliers>>,
+        config: OutlierDetection,
+        ejections: &Counter,
+        ejected_gauge: &Gauge,
+        endpoints: impl Iterator<Item = &'a OutlierState>,
+    ) -> Arc<Outliers> {
+        let outliers = match previous {
+            Some(p) if p.config == config => p.clone(),
+            _ => Arc::new(Outliers::new(config, ejections.clone(), ejected_gauge.clone())),
+        };
+        outliers.recount(endpoints);
+        outliers
     }
 
     /// Counts the ejected endpoints again after the route's set of endpoints changed: an
