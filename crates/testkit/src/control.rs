@@ -1,11 +1,9 @@
 //! A `tether server` process on a data directory of its own, and a tiny JSON client for its
 //! API.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,6 +13,7 @@ use http_body_util::Full;
 use serde_json::Value;
 
 use crate::Client;
+use crate::logged::LoggedChild;
 
 /// The data directory inside the test's temporary directory: left for the server to create.
 const DATA: &str = "data";
@@ -23,9 +22,7 @@ pub struct ControlPlane {
     bin: String,
     extra_args: Vec<String>,
     data: tempfile::TempDir,
-    child: Child,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    process: LoggedChild,
     /// Where the API listens.
     pub addr: SocketAddr,
     /// The admin token the server wrote to its data directory.
@@ -60,14 +57,12 @@ impl ControlPlane {
     pub async fn start_with(bin: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, log, reader) = spawn(bin, &data.path().join(DATA), &extra_args)?;
+        let process = spawn(bin, &data.path().join(DATA), &extra_args)?;
         let mut control = Self {
             bin: bin.to_owned(),
             extra_args,
             data,
-            child,
-            log,
-            reader: Some(reader),
+            process,
             addr: ([0, 0, 0, 0], 0).into(),
             token: String::new(),
             client: Client::http1().timeout(Duration::from_secs(10)),
@@ -85,8 +80,7 @@ impl ControlPlane {
             Some(status) => bail!("tether server exited with {status} on SIGTERM:\n{}", self.log()),
             None => bail!("tether server did not exit within 15 s of SIGTERM:\n{}", self.log()),
         }
-        let (child, log, reader) = spawn(&self.bin, &self.data_dir(), &self.extra_args)?;
-        (self.child, self.log, self.reader) = (child, log, Some(reader));
+        self.process = spawn(&self.bin, &self.data_dir(), &self.extra_args)?;
         self.wait_ready(Duration::from_secs(20)).await
     }
 
@@ -94,18 +88,14 @@ impl ControlPlane {
     /// same address (what proxies were told), and waits until it answers.
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
         let listen = self.addr.to_string();
-        let (child, log, reader) = spawn_at(&self.bin, &listen, &self.data_dir(), &self.extra_args)?;
-        (self.child, self.log, self.reader) = (child, log, Some(reader));
+        self.process = spawn_at(&self.bin, &listen, &self.data_dir(), &self.extra_args)?;
         self.wait_ready(Duration::from_secs(20)).await
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                if let Some(reader) = self.reader.take() {
-                    let _ = reader.join();
-                }
+            if let Some(status) = self.process.exited()? {
                 bail!("tether server exited with {status} before it was ready:\n{}", self.log());
             }
             if let Some(addr) = api_addr(&self.log()) {
@@ -137,34 +127,24 @@ impl ControlPlane {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        self.process.terminate();
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.process.wait_exit(timeout).await
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<JsonReply> {
@@ -210,40 +190,18 @@ impl ControlPlane {
     }
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-type Spawned = (Child, Arc<Mutex<String>>, std::thread::JoinHandle<()>);
-
-fn spawn(bin: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<Spawned> {
+fn spawn(bin: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<LoggedChild> {
     spawn_at(bin, "127.0.0.1:0", data, extra_args)
 }
 
-fn spawn_at(bin: &str, listen: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<Spawned> {
-    let mut child = Command::new(bin)
+fn spawn_at(bin: &str, listen: &str, data: &Path, extra_args: &[String]) -> anyhow::Result<LoggedChild> {
+    let mut command = Command::new(bin);
+    command
         .args(["server", "--listen", listen, "--data"])
         .arg(data)
         .args(extra_args)
-        .env("TETHER_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {bin} server"))?;
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().context("stderr is piped")?;
-    let sink = log.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    Ok((child, log, reader))
+        .env("TETHER_LOG", "debug");
+    LoggedChild::spawn(command)
 }
 
 /// The address in the last `listening kind=api addr=IP:PORT` line.

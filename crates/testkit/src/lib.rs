@@ -9,6 +9,7 @@ mod client;
 pub mod control;
 pub mod etcd;
 mod load;
+mod logged;
 mod net;
 mod process;
 mod prometheus;

@@ -1,22 +1,19 @@
 //! A `tether proxy` process started from a config the test writes.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::Client;
+use crate::logged::LoggedChild;
 
 pub struct Sidecar {
-    child: Child,
+    process: LoggedChild,
     _dir: tempfile::TempDir,
-    log: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
     /// The admin endpoint's address.
     pub admin: SocketAddr,
     listeners: HashMap<String, SocketAddr>,
@@ -67,33 +64,11 @@ impl Sidecar {
     }
 
     async fn spawn(bin: &str, args: &[&str], dir: tempfile::TempDir) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("TETHER_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {bin}"))?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let reader = Some(reader);
-        let mut sidecar = Self {
-            child,
-            _dir: dir,
-            log,
-            reader,
-            admin: ([0, 0, 0, 0], 0).into(),
-            listeners: HashMap::new(),
-        };
+        let mut command = Command::new(bin);
+        command.args(args).env("TETHER_LOG", "debug");
+        let process = LoggedChild::spawn(command)?;
+        let mut sidecar =
+            Self { process, _dir: dir, admin: ([0, 0, 0, 0], 0).into(), listeners: HashMap::new() };
         sidecar.wait_ready(Duration::from_secs(10)).await?;
         Ok(sidecar)
     }
@@ -101,11 +76,7 @@ impl Sidecar {
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                // The process is gone, so its stderr is closed: read what it said last.
-                if let Some(reader) = self.reader.take() {
-                    let _ = reader.join();
-                }
+            if let Some(status) = self.process.exited()? {
                 bail!("tether exited with {status} before it was ready:\n{}", self.log());
             }
             self.listeners = parse_listening(&self.log());
@@ -151,35 +122,25 @@ impl Sidecar {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        signal(self.pid(), "TERM");
+        self.process.terminate();
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Waits up to `timeout` for the process to exit.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.process.wait_exit(timeout).await
     }
 
     /// The admin endpoint's `/metrics` text.
@@ -197,16 +158,6 @@ impl Sidecar {
     pub fn rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmRSS:")
     }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
