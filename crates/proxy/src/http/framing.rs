@@ -20,10 +20,10 @@
 //!
 //! [`check_response_head`] bounds what an upstream's response head may be (64 KiB, 100 fields).
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -118,7 +118,8 @@ pub fn check_request<B: Body>(req: &Request<B>) -> Result<(), Violation> {
     if headers.len() > MAX_FIELDS {
         return Err(TOO_MANY_FIELDS);
     }
-    check_authority(req)?;
+    let fields = Fields::of(headers);
+    check_authority(req, fields.host)?;
     if req.version() == Version::HTTP_2 {
         // RFC 9113 §8.3.1: `:path` must not be empty; a missing one leaves the URI's path
         // empty (and `path_and_query()` says "/").
@@ -128,17 +129,21 @@ pub fn check_request<B: Body>(req: &Request<B>) -> Result<(), Violation> {
             return Err(malformed("missing or invalid :path"));
         }
     }
-    let length = content_length(headers)?;
-    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+    let length = match fields.content_length {
+        Seen::None => None,
+        Seen::One(value) => Some(parse_length(value.as_bytes().trim_ascii()).ok_or(BAD_CL)?),
+        Seen::More => return Err(TWO_CL),
+    };
+    if !matches!(fields.transfer_encoding, Seen::None) {
         if req.version() != Version::HTTP_11 {
             return Err(malformed("Transfer-Encoding outside HTTP/1.1"));
         }
         if length.is_some() {
             return Err(CL_AND_TE);
         }
-        if headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1 {
+        let Seen::One(te) = fields.transfer_encoding else {
             return Err(malformed("more than one Transfer-Encoding"));
-        }
+        };
         transfer_coding(te.as_bytes())?;
     }
     // A body that has already ended short of its declared length. h2 refuses this itself when
@@ -150,14 +155,59 @@ pub fn check_request<B: Body>(req: &Request<B>) -> Result<(), Violation> {
     Ok(())
 }
 
+/// Whether a field occurs once (and its value), or more often.
+#[derive(Clone, Copy)]
+enum Seen<'a> {
+    None,
+    One(&'a HeaderValue),
+    More,
+}
+
+impl<'a> Seen<'a> {
+    fn add(self, value: &'a HeaderValue) -> Self {
+        match self {
+            Seen::None => Seen::One(value),
+            Seen::One(_) | Seen::More => Seen::More,
+        }
+    }
+}
+
+/// The fields [`check_request`] looks at, found in one walk over the headers (a request has a
+/// handful, so that is cheaper than a hashed lookup per name).
+struct Fields<'a> {
+    host: Seen<'a>,
+    content_length: Seen<'a>,
+    transfer_encoding: Seen<'a>,
+}
+
+impl<'a> Fields<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let mut fields =
+            Fields { host: Seen::None, content_length: Seen::None, transfer_encoding: Seen::None };
+        for (name, value) in headers {
+            let seen = if name == header::HOST {
+                &mut fields.host
+            } else if name == header::CONTENT_LENGTH {
+                &mut fields.content_length
+            } else if name == header::TRANSFER_ENCODING {
+                &mut fields.transfer_encoding
+            } else {
+                continue;
+            };
+            *seen = seen.add(value);
+        }
+        fields
+    }
+}
+
 /// One Host at most, agreeing with the target's authority (HTTP/2 `:authority`, or an HTTP/1
 /// absolute-form target), and no userinfo.
-fn check_authority<B>(req: &Request<B>) -> Result<(), Violation> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(TWO_HOSTS);
-    }
+fn check_authority<B>(req: &Request<B>, host: Seen<'_>) -> Result<(), Violation> {
+    let host = match host {
+        Seen::None => None,
+        Seen::One(host) => Some(host),
+        Seen::More => return Err(TWO_HOSTS),
+    };
     if let Some(authority) = req.uri().authority() {
         if authority.as_str().contains('@') {
             return Err(malformed("userinfo in the authority"));
@@ -170,16 +220,6 @@ fn check_authority<B>(req: &Request<B>) -> Result<(), Violation> {
         return Err(malformed("userinfo in Host"));
     }
     Ok(())
-}
-
-/// The request's Content-Length: one at most, all digits, within u64.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Violation> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else { return Ok(None) };
-    if values.next().is_some() {
-        return Err(TWO_CL);
-    }
-    parse_length(first.as_bytes().trim_ascii()).map(Some).ok_or(BAD_CL)
 }
 
 /// `1*DIGIT` as a u64, or `None`.

@@ -2,36 +2,68 @@
 
 use super::*;
 
-/// The verdicts a connection's [`Scanner`] has reached on request heads that hyper has not yet
-/// handed to the service, in order.
+/// The scanner's verdicts on a connection's request heads, for the service to collect in
+/// order. The scanner stops at its first violation, so they are always a run of passes,
+/// then possibly one failure that every later request shares: two counters and the failure
+/// say it all, and no lock or queue is needed to pass them on.
 #[derive(Clone, Default)]
-pub struct Verdicts(Arc<Mutex<Queue>>);
+pub struct Verdicts(Arc<Handoff>);
 
 #[derive(Default)]
-pub(super) struct Queue {
-    pub(super) pending: VecDeque<Result<(), Violation>>,
-    /// The scanner stopped at this violation: every later request is refused too.
-    failed: Option<Violation>,
+struct Handoff {
+    /// Request heads the scanner has judged so far (written by the guard only).
+    scanned: AtomicU64,
+    /// Requests that have collected their verdict (written by the service only).
+    handed: AtomicU64,
+    /// Where the scanner stopped: the first request refused, and why. Every request from that
+    /// one on is refused for the same reason.
+    failure: OnceLock<(u64, Violation)>,
 }
 
+const UNCHECKED: Violation = malformed("the request's framing could not be checked");
+
 impl Verdicts {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    /// The verdict on the next HTTP/1 request hyper hands to the service. hyper hands requests
+    /// over in the order their heads arrived, after the scanner has seen every byte of them.
+    pub fn next(&self) -> Result<(), Violation> {
+        let h = &*self.0;
+        let n = h.handed.load(Ordering::Relaxed);
+        h.handed.store(n + 1, Ordering::Relaxed);
+        match h.failure.get() {
+            Some(&(from, violation)) if n >= from => Err(violation),
+            _ if n < h.scanned.load(Ordering::Acquire) => Ok(()),
+            // A request the scanner has no verdict on is refused, not waved through.
+            _ => Err(UNCHECKED),
+        }
     }
 
-    /// Gives an HTTP/1 request the verdict on its head. hyper hands requests to the service in
-    /// the order their heads arrived, after the scanner has seen every byte of them.
+    /// Gives an HTTP/1 request the verdict on its head: a refusal travels in the request's
+    /// extensions to [`check_request`]; a pass adds nothing (and allocates nothing).
     pub fn attach<B>(&self, req: &mut Request<B>) {
         if req.version() >= Version::HTTP_2 {
             return;
         }
-        const UNCHECKED: Violation = malformed("the request's framing could not be checked");
-        let mut queue = self.lock();
-        let verdict = match queue.pending.pop_front() {
-            Some(verdict) => verdict,
-            None => Err(queue.failed.unwrap_or(UNCHECKED)),
-        };
-        req.extensions_mut().insert(Verdict(verdict));
+        if let Err(violation) = self.next() {
+            req.extensions_mut().insert(Verdict(Err(violation)));
+        }
+    }
+
+    /// Records what one read told the scanner: `scanned` heads judged in all, and the
+    /// violation that stopped it, if any, from the request at that index on.
+    pub(super) fn publish(&self, scanned: u64, failure: Option<(u64, Violation)>) {
+        if let Some(failure) = failure {
+            // Set at most once: the scanner stops at its first violation.
+            let _ = self.0.failure.set(failure);
+        }
+        self.0.scanned.store(scanned, Ordering::Release);
+    }
+
+    fn scanned(&self) -> u64 {
+        self.0.scanned.load(Ordering::Relaxed)
+    }
+
+    fn handed(&self) -> u64 {
+        self.0.handed.load(Ordering::Relaxed)
     }
 }
 
@@ -70,29 +102,29 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guard<S> {
         if this.scanner.is_passthrough() || this.scanner.has_failed() {
             return Poll::Ready(Ok(()));
         }
-        let verdicts = &this.verdicts;
-        let fed =
-            this.scanner.feed(&buf.filled()[before..], |verdict| verdicts.lock().pending.push_back(verdict));
-        let mut queue = None;
-        if let Err(BrokenBody { at, violation }) = fed {
-            // The request this body belongs to is refused if hyper has not handed it on yet;
-            // otherwise its body fails where the framing broke.
-            let queue = queue.get_or_insert_with(|| this.verdicts.lock());
-            if let Some(last) = queue.pending.back_mut() {
-                *last = Err(violation);
+        let mut scanned = this.verdicts.scanned();
+        let mut failure = None;
+        let fed = this.scanner.feed(&buf.filled()[before..], |verdict| {
+            if let Err(violation) = verdict {
+                failure = Some((scanned, violation));
             }
+            scanned += 1;
+        });
+        let mut result = Ok(());
+        if let Err(BrokenBody { at, violation }) = fed {
+            // The request this body belongs to (the last one scanned) is refused if hyper has
+            // not handed it on yet; otherwise its body fails where the framing broke, and any
+            // later request is refused.
+            let from = if this.verdicts.handed() < scanned { scanned - 1 } else { scanned };
+            failure = Some((from, violation));
             this.broken = Some(violation);
             buf.set_filled(before + at);
             if at == 0 {
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)));
+                result = Err(io::Error::new(io::ErrorKind::InvalidData, violation));
             }
         }
-        if this.scanner.has_failed() {
-            let queue = queue.get_or_insert_with(|| this.verdicts.lock());
-            let failure = queue.pending.back().and_then(|v| v.err());
-            queue.failed = queue.failed.or(failure).or(this.broken);
-        }
-        Poll::Ready(Ok(()))
+        this.verdicts.publish(scanned, failure);
+        Poll::Ready(result)
     }
 }
 

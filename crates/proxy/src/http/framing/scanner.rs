@@ -4,12 +4,57 @@
 use super::*;
 
 pub(super) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    CLASS[b as usize] & TCHAR != 0
 }
 
 /// Visible characters and obs-text, as field values may hold (besides SP and HTAB).
 fn is_field_vchar(b: u8) -> bool {
     (0x21..=0x7e).contains(&b) || b >= 0x80
+}
+
+// Byte classes (bits of `CLASS`), so that whole lines are checked with one table lookup per
+// byte.
+/// What a field name or a method may hold.
+const TCHAR: u8 = 1;
+/// What a field value may hold: SP, HTAB, visible characters and obs-text.
+const VALUE: u8 = 2;
+/// What a request target may hold: anything but controls, SP and DEL.
+const TARGET: u8 = 4;
+
+static CLASS: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    const TOKEN_SYMBOLS: &[u8] = b"!#$%&'*+-.^_`|~";
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        let mut class = 0;
+        let mut tchar = b.is_ascii_alphanumeric();
+        let mut j = 0;
+        while j < TOKEN_SYMBOLS.len() {
+            tchar |= TOKEN_SYMBOLS[j] == b;
+            j += 1;
+        }
+        if tchar {
+            class |= TCHAR;
+        }
+        if b == b' ' || b == b'\t' || (b >= 0x21 && b != 0x7f) {
+            class |= VALUE;
+        }
+        if b > b' ' && b != 0x7f {
+            class |= TARGET;
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+}
+
+/// The length of the run of bytes of `class` at the start of `bytes`, or `None` if they all
+/// are (the run may go on in bytes not read yet).
+fn run_of(class: u8, bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| CLASS[b as usize] & class == 0)
 }
 
 // ===== The raw HTTP/1 byte stream =====
@@ -59,18 +104,21 @@ enum Section {
     Trailers,
 }
 
+/// The bytes of a field name or value a [`Short`] keeps.
+const SHORT: usize = 48;
+
 /// A few bytes of a line: enough to recognise the fields that decide framing and to read
 /// their values; longer content only sets `overflow`.
 #[derive(Debug, Clone, Copy)]
 struct Short {
-    buf: [u8; 48],
+    buf: [u8; SHORT],
     len: u8,
     overflow: bool,
 }
 
 impl Default for Short {
     fn default() -> Self {
-        Self { buf: [0; 48], len: 0, overflow: false }
+        Self { buf: [0; SHORT], len: 0, overflow: false }
     }
 }
 
@@ -105,6 +153,43 @@ struct Framing {
     transfer_encoding: Option<Result<(), Violation>>,
     hosts: u8,
     http10: bool,
+}
+
+impl Framing {
+    /// A field line of a request head: its name (any case) and its value, without leading
+    /// blanks; `None` for either if longer than a [`Short`] keeps.
+    fn field(&mut self, name: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), Violation> {
+        let Some(name) = name else { return Ok(()) };
+        let is = |known: &[u8]| name.len() == known.len() && name.eq_ignore_ascii_case(known);
+        let value = value.map(<[u8]>::trim_ascii_end);
+        if is(b"content-length") {
+            if self.content_length.is_some() {
+                return Err(TWO_CL);
+            }
+            if self.transfer_encoding.is_some() {
+                return Err(CL_AND_TE);
+            }
+            self.content_length = Some(value.and_then(parse_length).ok_or(BAD_CL)?);
+        } else if is(b"transfer-encoding") {
+            if self.transfer_encoding.is_some() {
+                return Err(malformed("more than one Transfer-Encoding"));
+            }
+            if self.content_length.is_some() {
+                return Err(CL_AND_TE);
+            }
+            if self.http10 {
+                return Err(malformed("Transfer-Encoding in HTTP/1.0"));
+            }
+            let coding = value.map_or(Err(malformed("Transfer-Encoding too long")), transfer_coding);
+            self.transfer_encoding = Some(coding);
+        } else if is(b"host") {
+            self.hosts += 1;
+            if self.hosts > 1 {
+                return Err(TWO_HOSTS);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads the bytes of one HTTP/1 connection as they arrive and judges every request's framing
@@ -206,23 +291,105 @@ impl Scanner {
                     self.state = if n == left { State::ChunkEnd } else { State::ChunkData(left - n) };
                     continue;
                 }
-                _ => {}
-            }
-            match self.byte(input[i]) {
-                Ok(false) => {}
-                Ok(true) => on_head(Ok(())),
-                Err(violation) => {
-                    self.state = State::Failed;
-                    if !self.body {
-                        on_head(Err(violation));
-                    } else {
-                        return Err(BrokenBody { at: i, violation });
+                State::LineStart => {
+                    if let Some((len, outcome)) = self.whole_line(&input[i..]) {
+                        // What the byte-wise path would have found at the line's LF.
+                        self.settle(outcome, i + len - 1, &mut on_head)?;
+                        i += len;
+                        continue;
                     }
                 }
+                _ => {}
             }
+            let outcome = self.byte(input[i]);
+            self.settle(outcome, i, &mut on_head)?;
             i += 1;
         }
         Ok(())
+    }
+
+    /// Acts on what the byte at offset `at` of the input found.
+    fn settle(
+        &mut self,
+        outcome: Result<bool, Violation>,
+        at: usize,
+        on_head: &mut impl FnMut(Result<(), Violation>),
+    ) -> Result<(), BrokenBody> {
+        match outcome {
+            Ok(false) => {}
+            Ok(true) => on_head(Ok(())),
+            Err(violation) => {
+                self.state = State::Failed;
+                if !self.body {
+                    on_head(Err(violation));
+                } else {
+                    return Err(BrokenBody { at, violation });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fast path: a whole line of a head or trailer section at the start of `input`,
+    /// CRLF included, checked with a table lookup per byte. Taken only when every byte of the
+    /// line is well-formed and the line fits the section's limit, so that the outcome is the
+    /// one [`Scanner::byte`] reaches at the line's LF: returns the line's length and that
+    /// outcome. Anything else (a line not complete in `input`, a malformed byte, a section
+    /// over its limit, a leading empty line, HTTP/2's preface) returns `None` with nothing
+    /// changed, and the byte-wise path takes the line, finding the same violation at the same
+    /// byte it always did.
+    pub(super) fn whole_line(&mut self, input: &[u8]) -> Option<(usize, Result<bool, Violation>)> {
+        let fits = |len: usize| self.section_bytes + len <= MAX_HEAD_BYTES;
+        match (self.section, input) {
+            (Section::RequestLine, _) => {
+                // method SP request-target SP HTTP-version CRLF
+                let method = run_of(TCHAR, input)?;
+                let target = run_of(TARGET, input.get(method + 1..)?)?;
+                if method == 0 || target == 0 || input[method] != b' ' {
+                    return None;
+                }
+                let version = method + 1 + target;
+                let http10 = match input.get(version..version + 10)? {
+                    b" HTTP/1.1\r" => false,
+                    b" HTTP/1.0\r" => true,
+                    _ => return None,
+                };
+                let len = version + 11;
+                if input.get(len - 1) != Some(&LF) || !fits(len) {
+                    return None;
+                }
+                self.section_bytes += len;
+                self.at_start = false;
+                self.framing.http10 = http10;
+                self.section = Section::Head;
+                Some((len, Ok(false)))
+            }
+            (_, [CR, LF, ..]) => {
+                if !fits(2) {
+                    return None;
+                }
+                self.section_bytes += 2;
+                Some((2, self.end_of_line(Line::SectionEnd)))
+            }
+            _ => {
+                // field-name ":" OWS field-value OWS CRLF
+                let name = run_of(TCHAR, input)?;
+                if name == 0 || input[name] != b':' {
+                    return None;
+                }
+                let cr = name + 1 + run_of(VALUE, &input[name + 1..])?;
+                let len = cr + 2;
+                if input[cr] != CR || input.get(cr + 1) != Some(&LF) || !fits(len) {
+                    return None;
+                }
+                self.section_bytes += len;
+                // As a `Short` would keep them: the value from its first non-blank byte.
+                let value = &input[name + 1..cr];
+                let value = &value[value.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
+                let value = (value.len() <= SHORT).then_some(value);
+                Some((len, self.end_of_field(Some(&input[..name]), value)))
+            }
+        }
     }
 
     fn next_message(&mut self) -> State {
@@ -370,13 +537,8 @@ impl Scanner {
                 self.section = Section::Head;
             }
             Line::Field => {
-                self.fields += 1;
-                if self.fields > MAX_FIELDS {
-                    return Err(TOO_MANY_FIELDS);
-                }
-                if self.section == Section::Head {
-                    self.field()?;
-                }
+                let (name, value) = (self.name, self.value);
+                return self.end_of_field(name.get(), value.get());
             }
             Line::SectionEnd if self.section == Section::Trailers => self.state = self.next_message(),
             Line::SectionEnd => {
@@ -402,41 +564,17 @@ impl Scanner {
         self.chunk_size = 0;
     }
 
-    /// A complete field line of a request head.
-    fn field(&mut self) -> Result<(), Violation> {
-        let value = self.value.get().map(<[u8]>::trim_ascii_end);
-        match self.name.get() {
-            Some(b"content-length") => {
-                if self.framing.content_length.is_some() {
-                    return Err(TWO_CL);
-                }
-                if self.framing.transfer_encoding.is_some() {
-                    return Err(CL_AND_TE);
-                }
-                self.framing.content_length = Some(value.and_then(parse_length).ok_or(BAD_CL)?);
-            }
-            Some(b"transfer-encoding") => {
-                if self.framing.transfer_encoding.is_some() {
-                    return Err(malformed("more than one Transfer-Encoding"));
-                }
-                if self.framing.content_length.is_some() {
-                    return Err(CL_AND_TE);
-                }
-                if self.framing.http10 {
-                    return Err(malformed("Transfer-Encoding in HTTP/1.0"));
-                }
-                let coding = value.map_or(Err(malformed("Transfer-Encoding too long")), transfer_coding);
-                self.framing.transfer_encoding = Some(coding);
-            }
-            Some(b"host") => {
-                self.framing.hosts += 1;
-                if self.framing.hosts > 1 {
-                    return Err(TWO_HOSTS);
-                }
-            }
-            _ => {}
+    /// A complete field line: its name and value (from the first non-blank byte), each
+    /// `None` if longer than a [`Short`] keeps.
+    fn end_of_field(&mut self, name: Option<&[u8]>, value: Option<&[u8]>) -> Result<bool, Violation> {
+        self.fields += 1;
+        if self.fields > MAX_FIELDS {
+            return Err(TOO_MANY_FIELDS);
         }
-        Ok(())
+        if self.section == Section::Head {
+            self.framing.field(name, value)?;
+        }
+        Ok(false)
     }
 
     /// The empty line ending a request head: where its body ends, or why it cannot be known.

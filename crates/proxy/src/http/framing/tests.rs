@@ -235,6 +235,104 @@ fn the_scanner_stops_at_the_first_violation() {
     assert_eq!(s.feed(b"anything at all\n", |v| panic!("{v:?}")), Ok(()));
 }
 
+/// Feeds `input` in pieces whose lengths come from `cut`, with offsets made absolute.
+fn scan_in_pieces(
+    input: &[u8],
+    mut cut: impl FnMut() -> usize,
+) -> (Vec<Result<(), Violation>>, Option<BrokenBody>) {
+    let mut scanner = Scanner::new();
+    let mut verdicts = Vec::new();
+    let mut offset = 0;
+    while offset < input.len() {
+        let end = (offset + cut().max(1)).min(input.len());
+        if let Err(broken) = scanner.feed(&input[offset..end], |v| verdicts.push(v)) {
+            return (verdicts, Some(BrokenBody { at: offset + broken.at, ..broken }));
+        }
+        offset = end;
+    }
+    (verdicts, None)
+}
+
+#[test]
+fn the_whole_line_fast_path_is_taken_for_well_formed_lines() {
+    let mut s = Scanner::new();
+    let head = b"GET /x?y HTTP/1.1\r\nHost: h\r\nContent-Length:\t 2 \r\n\r\nhi";
+    assert_eq!(s.whole_line(head).map(|(n, _)| n), Some(19));
+    assert_eq!(s.whole_line(&head[19..]).map(|(n, _)| n), Some(9));
+    assert_eq!(s.whole_line(&head[28..]).map(|(n, _)| n), Some(21));
+    assert_eq!(s.whole_line(&head[49..]), Some((2, Ok(true))));
+    // Incomplete or irregular lines are left to the byte-wise path, with nothing changed.
+    let mut s = Scanner::new();
+    for line in [
+        "GET / HTTP/1.1",
+        "GET / HTTP/1.1\r",
+        "GET / HTTP/1.1\n",
+        "GET  / HTTP/1.1\r\n",
+        "GET / HTTP/2.0\r\n",
+        "PRI * HTTP/2.0\r\n",
+        "\r\nGET / HTTP/1.1\r\n",
+    ] {
+        assert_eq!(s.whole_line(line.as_bytes()), None, "{line:?}");
+    }
+    assert_eq!(s.whole_line(b"GET / HTTP/1.0\r\n").map(|(n, _)| n), Some(16));
+    for line in ["Host: h", "Host: h\r", "Host : h\r\n", " Host: h\r\n", "X: a\rb\r\n", "X: \0\r\n", "\r\r\n"]
+    {
+        assert_eq!(s.whole_line(line.as_bytes()), None, "{line:?}");
+    }
+    // A violation found at a line's end is the same the byte-wise path finds there.
+    assert_eq!(s.whole_line(b"Host: a\r\n"), Some((9, Ok(false))));
+    assert_eq!(s.whole_line(b"host: b\r\n"), Some((9, Err(TWO_HOSTS))));
+}
+
+/// The fast path and the byte-wise path must agree on everything: mutations of well-formed
+/// and malformed requests, cut into reads at random, give the same verdicts and the same
+/// broken-body offsets as the same bytes fed one at a time.
+#[test]
+fn whole_lines_and_single_bytes_agree_on_mutated_requests() {
+    let long = "v".repeat(60);
+    let seeds = [
+        "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.0\r\nhost: h\r\nX-A: b\r\n\r\n".to_string(),
+        "POST /p HTTP/1.1\r\nContent-Length: 5\r\nHost: h\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n".to_string(),
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_string(),
+        "POST / HTTP/1.1\r\nTransfer-Encoding:  chunked \r\n\r\n5;a=b\r\nhello\r\n0\r\nT: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+            .to_string(),
+        format!("GET /{long} HTTP/1.1\r\nX-{long}: {long}\r\nContent-Length: {long}\r\nTransfer-Encoding: {long}\r\n\r\n"),
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc".to_string(),
+        "\r\n\r\nOPTIONS * HTTP/1.1\r\nX-Obs: caf\u{e9}\r\nX-Tab:\ta\t\r\nX-Empty:\r\n\r\n".to_string(),
+        "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_string(),
+        // Values at the edge of what the scanner keeps of them (48 bytes, blanks included).
+        format!("POST / HTTP/1.1\r\nContent-Length: {}5\r\n\r\n", "0".repeat(47)),
+        format!("POST / HTTP/1.1\r\nContent-Length: {}5\r\n\r\n", "0".repeat(48)),
+        format!("POST / HTTP/1.1\r\nContent-Length:  5{}\r\n\r\n", " ".repeat(47)),
+        format!("POST / HTTP/1.1\r\ncontent-length: 5{} \r\n\r\n", " ".repeat(47)),
+        format!("POST / HTTP/1.1\r\nTransfer-Encoding: {}chunked\r\n\r\n", "x,".repeat(20)),
+        format!("POST / HTTP/1.1\r\nTransfer-Encoding: {}chunked\r\n\r\n", "x, ".repeat(14)),
+    ];
+    const BYTES: &[u8] = b"\r\n \t:;,\0\x7f\x80aA05-/";
+    let mut rng = fastrand::Rng::with_seed(9112);
+    for round in 0..20_000 {
+        let mut input = seeds[round % seeds.len()].clone().into_bytes();
+        for _ in 0..rng.usize(0..4) {
+            let at = rng.usize(0..=input.len());
+            let byte = BYTES[rng.usize(..BYTES.len())];
+            match rng.u8(0..3) {
+                0 if at < input.len() => input[at] = byte,
+                1 if at < input.len() => drop(input.remove(at)),
+                _ => input.insert(at, byte),
+            }
+        }
+        let bytewise = scan_in_pieces(&input, || 1);
+        assert_eq!(scan(&input), bytewise, "whole: {:?}", String::from_utf8_lossy(&input));
+        let cut = rng.usize(2..40);
+        assert_eq!(
+            scan_in_pieces(&input, || rng.usize(1..cut)),
+            bytewise,
+            "cut: {:?}",
+            String::from_utf8_lossy(&input)
+        );
+    }
+}
+
 fn h2_get(authority: &str) -> http::request::Builder {
     Request::get(format!("http://{authority}/x")).version(Version::HTTP_2)
 }
@@ -300,20 +398,131 @@ fn the_scanners_verdict_travels_with_the_request() {
     req.extensions_mut().insert(Verdict(Err(CL_AND_TE)));
     assert_eq!(check_request(&req), Err(CL_AND_TE));
     let verdicts = Verdicts::default();
-    verdicts.lock().pending.extend([Ok(()), Err(TWO_CL)]);
+    verdicts.publish(2, Some((1, TWO_CL)));
     let attached = |v: &Verdicts| {
         let mut req = Request::get("/").body(()).unwrap();
         v.attach(&mut req);
         req.extensions().get::<Verdict>().map(|v| v.0)
     };
-    assert_eq!(attached(&verdicts), Some(Ok(())));
+    // A pass travels as no extension at all, which check_request takes as a pass.
+    assert_eq!(attached(&verdicts), None);
+    assert_eq!(attached(&verdicts), Some(Err(TWO_CL)));
+    // Every request after the scanner stopped shares its violation.
     assert_eq!(attached(&verdicts), Some(Err(TWO_CL)));
     // A request the scanner has no verdict on is refused, not waved through.
-    assert!(attached(&verdicts).is_some_and(|v| v.is_err()));
-    // HTTP/2 requests are not the scanner's.
+    let unchecked = Verdicts::default();
+    assert!(attached(&unchecked).is_some_and(|v| v.is_err()));
+    // HTTP/2 requests are not the scanner's, and take no verdict from the sequence.
+    let verdicts = Verdicts::default();
+    verdicts.publish(1, None);
     let mut h2 = Request::get("/").version(Version::HTTP_2).body(()).unwrap();
     verdicts.attach(&mut h2);
     assert!(h2.extensions().get::<Verdict>().is_none());
+    assert_eq!(verdicts.next(), Ok(()));
+    assert!(verdicts.next().is_err());
+}
+
+/// The checks of [`check_request`] as first written, with a hashed lookup per field name.
+fn check_by_lookups<B: Body>(req: &Request<B>) -> Result<(), Violation> {
+    if let Some(Verdict(verdict)) = req.extensions().get::<Verdict>() {
+        verdict.as_ref().map_err(|v| *v)?;
+    }
+    let headers = req.headers();
+    if headers.len() > MAX_FIELDS {
+        return Err(TOO_MANY_FIELDS);
+    }
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(TWO_HOSTS);
+    }
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(malformed("userinfo in the authority"));
+        }
+        if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes())) {
+            return Err(malformed("Host differs from the target's authority"));
+        }
+    }
+    if host.is_some_and(|h| h.as_bytes().contains(&b'@')) {
+        return Err(malformed("userinfo in Host"));
+    }
+    if req.version() == Version::HTTP_2 {
+        let path = req.uri().path();
+        let asterisk = path == "*" && req.method() == http::Method::OPTIONS;
+        if req.method() != http::Method::CONNECT && !path.starts_with('/') && !asterisk {
+            return Err(malformed("missing or invalid :path"));
+        }
+    }
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(TWO_CL),
+        (Some(first), None) => Some(parse_length(first.as_bytes().trim_ascii()).ok_or(BAD_CL)?),
+    };
+    if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
+        if req.version() != Version::HTTP_11 {
+            return Err(malformed("Transfer-Encoding outside HTTP/1.1"));
+        }
+        if length.is_some() {
+            return Err(CL_AND_TE);
+        }
+        if headers.get_all(http::header::TRANSFER_ENCODING).iter().count() > 1 {
+            return Err(malformed("more than one Transfer-Encoding"));
+        }
+        transfer_coding(te.as_bytes())?;
+    }
+    if length.is_some_and(|n| n > 0) && req.body().is_end_stream() {
+        return Err(malformed("the body does not match Content-Length"));
+    }
+    Ok(())
+}
+
+#[test]
+fn one_walk_checks_what_a_lookup_per_name_checks() {
+    let targets = ["/x", "*", "http://a:1/x", "http://u@a:1/", "http://b/", "a:1"];
+    let methods = ["GET", "POST", "OPTIONS", "CONNECT"];
+    let fields = [
+        ("host", "a:1"),
+        ("host", "A:1"),
+        ("host", "b"),
+        ("host", "u@a:1"),
+        ("content-length", "5"),
+        ("content-length", " 0 "),
+        ("content-length", "x"),
+        ("content-length", "0"),
+        ("transfer-encoding", "chunked"),
+        ("transfer-encoding", "gzip, chunked"),
+        ("transfer-encoding", "chunked, gzip"),
+        ("x-other", "1"),
+        ("te", "trailers"),
+    ];
+    let mut rng = fastrand::Rng::with_seed(9110);
+    for round in 0..10_000 {
+        let version = [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2][rng.usize(..3)];
+        let builder = Request::builder()
+            .method(methods[rng.usize(..methods.len())])
+            .uri(targets[rng.usize(..targets.len())])
+            .version(version);
+        let body = if rng.bool() { Full::new(Bytes::from_static(b"hello")) } else { Full::new(Bytes::new()) };
+        let mut req = builder.body(body).unwrap();
+        for _ in 0..rng.usize(0..5) {
+            let (name, value) = fields[rng.usize(..fields.len())];
+            req.headers_mut().append(name, HeaderValue::from_static(value));
+        }
+        if round % 50 == 0 {
+            for i in 0..MAX_FIELDS {
+                req.headers_mut().append(
+                    http::HeaderName::try_from(format!("x-{i}")).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+        }
+        if rng.u8(..10) == 0 {
+            req.extensions_mut().insert(Verdict(Err(TWO_CL)));
+        }
+        assert_eq!(check_request(&req), check_by_lookups(&req), "{req:?}");
+    }
 }
 
 #[test]
@@ -370,12 +579,55 @@ async fn the_guard_queues_verdicts_and_cuts_broken_bodies() {
     assert_eq!(&read[..n], format!("{good}{}", &bad[..bad.len() - 4]).as_bytes());
     assert!(guard.read(&mut read).await.is_err());
     // The first request is fine; the second, not yet handed on, is refused for its body.
-    let mut first = Request::get("/").body(()).unwrap();
-    let mut second = Request::get("/").body(()).unwrap();
-    verdicts.attach(&mut first);
-    verdicts.attach(&mut second);
-    assert_eq!(first.extensions().get::<Verdict>().unwrap().0, Ok(()));
-    assert_eq!(second.extensions().get::<Verdict>().unwrap().0.unwrap_err().reason, "invalid chunk size");
+    assert_eq!(verdicts.next(), Ok(()));
+    assert_eq!(verdicts.next().unwrap_err().reason, "invalid chunk size");
+}
+
+#[tokio::test]
+async fn a_body_broken_after_its_request_was_handed_on_refuses_what_follows() {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let mut guard = Guard::new(server);
+    let verdicts = guard.verdicts();
+    let head = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n";
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut read = vec![0u8; 1024];
+    assert_eq!(guard.read(&mut read).await.unwrap(), head.len());
+    assert_eq!(verdicts.next(), Ok(()));
+    client.write_all(b"2\r\nhi\r\nzz\r\n").await.unwrap();
+    assert_eq!(guard.read(&mut read).await.unwrap(), 7);
+    assert!(guard.read(&mut read).await.is_err());
+    assert_eq!(verdicts.next().unwrap_err().reason, "invalid chunk size");
+}
+
+/// Writes `bytes` to the guard's peer and reads them back through the guard.
+async fn pass<S: AsyncRead + Unpin>(
+    client: &mut tokio::io::DuplexStream,
+    guard: &mut Guard<S>,
+    bytes: &[u8],
+) {
+    client.write_all(bytes).await.unwrap();
+    let mut read = vec![0u8; bytes.len()];
+    guard.read_exact(&mut read).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_guard_hands_verdicts_in_order_across_reads() {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let mut guard = Guard::new(server);
+    let verdicts = guard.verdicts();
+    for _ in 0..3 {
+        pass(&mut client, &mut guard, b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /").await;
+        // The second head, completed in another read, is judged once complete.
+        pass(&mut client, &mut guard, b" HTTP/1.1\r\n\r\n").await;
+    }
+    for _ in 0..6 {
+        assert_eq!(verdicts.next(), Ok(()));
+    }
+    pass(&mut client, &mut guard, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        .await;
+    assert_eq!(verdicts.next(), Err(TWO_HOSTS));
+    assert_eq!(verdicts.next(), Err(TWO_HOSTS));
+    assert!(verdicts.next().is_err());
 }
 
 #[tokio::test]
