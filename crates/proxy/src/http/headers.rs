@@ -16,20 +16,75 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// A bit per name of [`HOP_BY_HOP`], in the same order, then one for `te`.
+const CONNECTION_BIT: u8 = 1;
+const TE_BIT: u8 = 1 << 6;
+
+/// The bit of `name` among the hop-by-hop names and `te`, or 0. Most names are told apart
+/// by their length alone; `same` compares one of the known (lowercase) names with `name`.
+fn hop_by_hop_bit_by(name: &str, same: impl Fn(&str, &str) -> bool) -> u8 {
+    let is = |known: &str| same(name, known);
+    match name.len() {
+        2 if is("te") => TE_BIT,
+        7 if is("upgrade") => 1 << 4,
+        10 if is("connection") => CONNECTION_BIT,
+        10 if is("keep-alive") => 1 << 1,
+        16 if is("proxy-connection") => 1 << 2,
+        17 if is("transfer-encoding") => 1 << 3,
+        19 if is("proxy-authorization") => 1 << 5,
+        _ => 0,
+    }
+}
+
+/// The bit of a field name as a [`HeaderName`] holds it: always lowercase.
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    hop_by_hop_bit_by(name.as_str(), |a, b| a == b)
+}
+
+/// The bit of a name as a `Connection` value gives it, in any case.
+fn hop_by_hop_bit_of_token(token: &str) -> u8 {
+    hop_by_hop_bit_by(token, str::eq_ignore_ascii_case)
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named by `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // One walk over the names finds what there is to remove, so a message without hop-by-hop
+    // fields costs no lookups at all, and one with only `Connection` (as most HTTP/1.1
+    // responses have) one removal.
+    let present = headers.keys().fold(0, |mask, name| mask | hop_by_hop_bit(name));
+    if present == 0 {
+        return;
+    }
+    // Headers named by `Connection` are hop-by-hop too. Those of HOP_BY_HOP go anyway, and a
+    // name that is not present (`close`) needs no owned copy.
+    let mut named = Vec::new();
+    if present & CONNECTION_BIT != 0 {
+        let tokens = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            if hop_by_hop_bit_of_token(token) & !TE_BIT == 0
+                && headers.contains_key(token)
+                && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+            {
+                named.push(name);
+            }
+        }
+    }
+    for name in &named {
         headers.remove(name);
     }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
     // `te` may only say `trailers` past this hop (gRPC relies on it).
-    if headers.get(header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+    if present & TE_BIT != 0
+        && headers.get(header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
         headers.remove(header::TE);
     }
 }
@@ -115,6 +170,79 @@ mod tests {
                 // Either form is fine; what matters is an answer instead of a panic.
                 let _ = for_upstream(&mut req, version, authority);
             }
+        }
+    }
+
+    /// The straightforward version: a lookup per hop-by-hop name, and an owned name per
+    /// `Connection` token.
+    fn strip_by_lookups(headers: &mut HeaderMap) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named.iter().chain(HOP_BY_HOP.iter()) {
+            headers.remove(name);
+        }
+        if headers.get(header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+            headers.remove(header::TE);
+        }
+    }
+
+    #[test]
+    fn each_hop_by_hop_name_has_its_own_bit() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(name), 1 << i, "{name}");
+            assert_eq!(hop_by_hop_bit_of_token(&name.as_str().to_uppercase()), 1 << i, "{name}");
+        }
+        assert_eq!(hop_by_hop_bit(&header::TE), TE_BIT);
+        assert_eq!(hop_by_hop_bit_of_token("Te"), TE_BIT);
+        for other in ["t", "host", "keep-alivf", "connections", "x-upgrade", "user-agent"] {
+            assert_eq!(hop_by_hop_bit(&HeaderName::from_static(other)), 0, "{other}");
+            assert_eq!(hop_by_hop_bit_of_token(other), 0, "{other}");
+        }
+    }
+
+    #[test]
+    fn one_walk_strips_what_a_lookup_per_name_strips() {
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "te",
+            "host",
+            "x-private",
+            "close",
+            "content-length",
+            "x-a",
+        ];
+        let tokens =
+            ["keep-alive", "Close", " x-private ", "TE", "upgrade", "x-a", "", "bad name", "Host", "x-é"];
+        let values = ["trailers", "Trailers", "gzip", "keep-alive, x-a", "1"];
+        let mut rng = fastrand::Rng::with_seed(7230);
+        for _ in 0..5_000 {
+            let mut headers = HeaderMap::new();
+            for _ in 0..rng.usize(0..8) {
+                let name = HeaderName::from_static(names[rng.usize(..names.len())]);
+                let value = if name == header::CONNECTION {
+                    let n = rng.usize(1..4);
+                    (0..n).map(|_| tokens[rng.usize(..tokens.len())]).collect::<Vec<_>>().join(",")
+                } else {
+                    values[rng.usize(..values.len())].to_string()
+                };
+                let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) else { continue };
+                headers.append(name, value);
+            }
+            let mut walked = headers.clone();
+            let mut looked_up = headers.clone();
+            strip_hop_by_hop(&mut walked);
+            strip_by_lookups(&mut looked_up);
+            assert_eq!(walked, looked_up, "from {headers:?}");
         }
     }
 
