@@ -66,7 +66,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for FloodGuard<S> {
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         let verdict = match read {
-            Poll::Ready(Ok(())) => this.frames.feed(&buf.filled()[before..], Instant::now()),
+            Poll::Ready(Ok(())) if !this.frames.is_passthrough() => {
+                this.frames.feed(&buf.filled()[before..], Instant::now)
+            }
             _ => Ok(()),
         };
         if let Err(why) = verdict {
@@ -151,13 +153,18 @@ impl Frames {
         }
     }
 
+    fn is_passthrough(&self) -> bool {
+        matches!(self.stage, Stage::Passthrough)
+    }
+
     fn wrote(&mut self, n: usize) {
         if matches!(self.stage, Stage::Frames) {
             self.tokens = (self.tokens + n as f64 / BYTES_PER_TOKEN).min(CONTROL_BURST);
         }
     }
 
-    fn feed(&mut self, mut data: &[u8], now: Instant) -> Result<(), &'static str> {
+    /// Reads the frame headers in `data`. `now` is asked only when a control frame needs it.
+    fn feed(&mut self, mut data: &[u8], now: impl Fn() -> Instant) -> Result<(), &'static str> {
         while !data.is_empty() {
             match self.stage {
                 Stage::Passthrough => return Ok(()),
@@ -180,6 +187,14 @@ impl Frames {
                     data = &data[n..];
                 }
                 Stage::Frames => {
+                    // The usual case: a whole frame header in this read, decoded in place.
+                    if self.head_len == 0
+                        && let Some((h, rest)) = data.split_first_chunk::<9>()
+                    {
+                        data = rest;
+                        self.header(h, &now)?;
+                        continue;
+                    }
                     let n = data.len().min(9 - self.head_len);
                     self.head[self.head_len..self.head_len + n].copy_from_slice(&data[..n]);
                     self.head_len += n;
@@ -187,9 +202,7 @@ impl Frames {
                     if self.head_len == 9 {
                         self.head_len = 0;
                         let h = self.head;
-                        self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-                        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-                        self.frame(h[3], h[4], stream, now)?;
+                        self.header(&h, &now)?;
                     }
                 }
             }
@@ -197,7 +210,20 @@ impl Frames {
         Ok(())
     }
 
-    fn frame(&mut self, kind: u8, flags: u8, stream: u32, now: Instant) -> Result<(), &'static str> {
+    /// One 9-byte frame header: length, type, flags, stream.
+    fn header(&mut self, h: &[u8; 9], now: &impl Fn() -> Instant) -> Result<(), &'static str> {
+        self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        self.frame(h[3], h[4], stream, now)
+    }
+
+    fn frame(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        stream: u32,
+        now: &impl Fn() -> Instant,
+    ) -> Result<(), &'static str> {
         match kind {
             HEADERS if stream > self.last_stream => {
                 self.last_stream = stream;
@@ -211,6 +237,7 @@ impl Frames {
             }
             PING | SETTINGS if flags & ACK != 0 => {}
             PING | SETTINGS | WINDOW_UPDATE | PRIORITY => {
+                let now = now();
                 let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
                 self.refilled = now;
                 self.tokens = (self.tokens + elapsed * CONTROL_PER_SECOND).min(CONTROL_BURST);
@@ -241,16 +268,50 @@ mod tests {
 
     fn connection(now: Instant) -> Frames {
         let mut frames = Frames::new(now);
-        frames.feed(PREFACE, now).unwrap();
-        frames.feed(&frame(SETTINGS, 0, 0, 6), now).unwrap();
+        frames.feed(PREFACE, || now).unwrap();
+        frames.feed(&frame(SETTINGS, 0, 0, 6), || now).unwrap();
         frames
+    }
+
+    /// What a connection's frames have told the guard so far.
+    fn seen(frames: &Frames) -> (usize, usize, u32, u64, u64, u64) {
+        let tokens = frames.tokens as u64;
+        (frames.skip, frames.head_len, frames.last_stream, frames.streams, frames.resets, tokens)
+    }
+
+    #[test]
+    fn frame_headers_split_across_reads_count_the_same() {
+        let now = Instant::now();
+        let mut rng = fastrand::Rng::with_seed(9113);
+        let kinds = [0x0, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, 0x9, 0xff];
+        for _ in 0..500 {
+            let mut bytes = Vec::new();
+            for _ in 0..rng.usize(1..40) {
+                let stream = rng.u32(0..20);
+                bytes.extend(frame(kinds[rng.usize(..kinds.len())], rng.u8(..2), stream, rng.usize(0..30)));
+            }
+            let mut whole = connection(now);
+            let whole_result = whole.feed(&bytes, || now);
+            let mut cut = connection(now);
+            let mut cut_result = Ok(());
+            let mut rest = bytes.as_slice();
+            while !rest.is_empty() && cut_result.is_ok() {
+                let (piece, more) = rest.split_at(rng.usize(1..=rest.len().min(12)));
+                cut_result = cut.feed(piece, || now);
+                rest = more;
+            }
+            assert_eq!(whole_result.is_ok(), cut_result.is_ok());
+            if whole_result.is_ok() {
+                assert_eq!(seen(&whole), seen(&cut));
+            }
+        }
     }
 
     #[test]
     fn http1_passes_through() {
         let now = Instant::now();
         let mut frames = Frames::new(now);
-        frames.feed(b"GET / HTTP/1.1\r\n", now).unwrap();
+        frames.feed(b"GET / HTTP/1.1\r\n", || now).unwrap();
         assert!(matches!(frames.stage, Stage::Passthrough));
     }
 
@@ -262,16 +323,16 @@ mod tests {
         // Fed one byte at a time: frame headers split across reads are still seen.
         for _ in 0..100 {
             for b in &ping {
-                frames.feed(std::slice::from_ref(b), now).unwrap();
+                frames.feed(std::slice::from_ref(b), || now).unwrap();
             }
         }
         let flood: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * CONTROL_BURST as usize).collect();
-        assert!(frames.feed(&flood, now).is_err());
+        assert!(frames.feed(&flood, || now).is_err());
 
         let mut frames = connection(now);
         for second in 0..100 {
             let at = now + Duration::from_secs(second);
-            frames.feed(&ping.repeat(CONTROL_PER_SECOND as usize), at).unwrap();
+            frames.feed(&ping.repeat(CONTROL_PER_SECOND as usize), || at).unwrap();
         }
     }
 
@@ -282,7 +343,7 @@ mod tests {
         let update = frame(WINDOW_UPDATE, 0, 0, 4);
         for _ in 0..10 * CONTROL_BURST as usize {
             frames.wrote(2 * BYTES_PER_TOKEN as usize);
-            frames.feed(&update, now).unwrap();
+            frames.feed(&update, || now).unwrap();
         }
     }
 
@@ -297,7 +358,7 @@ mod tests {
                 bytes.extend(frame(RST_STREAM, 0, stream, 4));
             }
             stream += 2;
-            frames.feed(&bytes, now)
+            frames.feed(&bytes, || now)
         };
         for i in 0..10_000 {
             open_and_reset(&mut frames, i % 3 == 0).unwrap();
