@@ -71,7 +71,9 @@ pub async fn serve(
     let verdicts = io.verdicts();
     let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
         verdicts.attach(&mut req);
-        let response = route.clone().handle(req, ActiveRequest::start(requests.clone()));
+        // Boxed: the request's future is several KiB, and hyper moves what this returns (into
+        // its HTTP/1 dispatcher, or into a task per HTTP/2 stream); a pointer moves for free.
+        let response = Box::pin(route.clone().handle(req, ActiveRequest::start(requests.clone())));
         async move { response.await.map(framing::checked_response) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
