@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Resource bodies are shared by every stream that sends them: `Bytes`, not a copy each.
+    tonic_prost_build::configure().bytes(".tether.v1.Resource.json").compile_fds(descriptors)?;
     Ok(())
 }

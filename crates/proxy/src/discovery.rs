@@ -147,7 +147,22 @@ impl Discovery {
         request.metadata_mut().insert("authorization", bearer);
         let mut stream = ConfigStreamClient::new(channel).subscribe(request).await?.into_inner();
         info!(%server, "subscribed to the config stream");
-        while let Some(update) = stream.message().await? {
+        let mut pending: Option<ConfigUpdate> = None;
+        while let Some(piece) = stream.message().await? {
+            // A large update arrives in pieces: apply it once whole.
+            let update = match pending.take() {
+                Some(mut update) if update.version == piece.version => {
+                    update.resources.extend(piece.resources);
+                    update.removed.extend(piece.removed);
+                    update.more = piece.more;
+                    update
+                }
+                _ => piece,
+            };
+            if update.more {
+                pending = Some(update);
+                continue;
+            }
             let version = update.version;
             let reply = match self.apply(update, updates).await {
                 Applied::Yes => proxy_message::Kind::Ack(Ack { version }),

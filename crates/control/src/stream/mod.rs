@@ -106,8 +106,9 @@ async fn serve(
     let (mut changes, view) = resubscribe(&followed, &me);
     let first = delta(&mut sent, view);
     version += 1;
-    let snapshot = ConfigUpdate { version, full: true, resources: first.resources, removed: Vec::new() };
-    if updates.send(Ok(snapshot)).await.is_err() {
+    let snapshot =
+        ConfigUpdate { version, full: true, resources: first.resources, ..ConfigUpdate::default() };
+    if send_in_pieces(&updates, snapshot).await.is_err() {
         return;
     }
     loop {
@@ -141,7 +142,7 @@ async fn serve(
                 }
                 version += 1;
                 let update = ConfigUpdate { version, full: false, ..update };
-                if updates.send(Ok(update)).await.is_err() {
+                if send_in_pieces(&updates, update).await.is_err() {
                     break;
                 }
             }
@@ -172,11 +173,45 @@ fn delta(sent: &mut Sent, view: Resources) -> ConfigUpdate {
     let mut resources = Vec::new();
     for (name, body) in view {
         if sent.get(&name) != Some(&body) {
-            resources.push(Resource { name: name.clone(), json: body.to_vec() });
+            resources.push(Resource { name: name.clone(), json: body.clone() });
             sent.insert(name, body);
         }
     }
-    ConfigUpdate { version: 0, full: false, resources, removed }
+    ConfigUpdate { resources, removed, ..ConfigUpdate::default() }
+}
+
+/// Resource bytes in one message, at most (unless one resource is larger): the gRPC encoder
+/// keeps a buffer as large as the largest message it sent, for as long as the stream lives.
+const PIECE_BYTES: usize = 64 * 1024;
+
+/// Sends `update` as messages of at most [`PIECE_BYTES`] of resources each, all but the last
+/// marked `more`.
+async fn send_in_pieces(
+    updates: &mpsc::Sender<Result<ConfigUpdate, Status>>,
+    update: ConfigUpdate,
+) -> Result<(), mpsc::error::SendError<Result<ConfigUpdate, Status>>> {
+    for piece in pieces(update) {
+        updates.send(Ok(piece)).await?;
+    }
+    Ok(())
+}
+
+fn pieces(update: ConfigUpdate) -> Vec<ConfigUpdate> {
+    let ConfigUpdate { version, full, resources, removed, .. } = update;
+    let mut pieces = vec![ConfigUpdate { version, full, removed, ..ConfigUpdate::default() }];
+    let mut size = 0;
+    for resource in resources {
+        let len = resource.json.len() + resource.name.len();
+        let current = pieces.last_mut().expect("there is always a piece");
+        if size + len > PIECE_BYTES && !current.resources.is_empty() {
+            current.more = true;
+            pieces.push(ConfigUpdate { version, full, ..ConfigUpdate::default() });
+            size = 0;
+        }
+        size += len;
+        pieces.last_mut().expect("there is always a piece").resources.push(resource);
+    }
+    pieces
 }
 
 /// The update for a run of namespace changes, as far as they concern this proxy.
@@ -203,7 +238,7 @@ fn apply_changes(sent: &mut Sent, me: &(String, String), changes: &[&Change]) ->
     for (name, body) in latest {
         match body {
             Some(body) if sent.get(&name) != Some(&body) => {
-                update.resources.push(Resource { name: name.clone(), json: body.to_vec() });
+                update.resources.push(Resource { name: name.clone(), json: body.clone() });
                 sent.insert(name, body);
             }
             None if sent.remove(&name).is_some() => update.removed.push(name),
@@ -225,5 +260,36 @@ fn acknowledge(hello: &Hello, message: ProxyMessage) {
             "the proxy refused a config update"
         ),
         _ => debug!(task = %hello.task, "unexpected message on the proxy stream"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str, len: usize) -> Resource {
+        Resource { name: name.into(), json: vec![b' '; len].into() }
+    }
+
+    #[test]
+    fn a_large_update_travels_in_bounded_pieces_and_only_the_last_says_done() {
+        let resources: Vec<Resource> = (0..10).map(|i| resource(&format!("outbound/s{i}"), 20_000)).collect();
+        let update =
+            ConfigUpdate { version: 7, full: true, resources, removed: vec!["gone".into()], more: false };
+        let pieces = pieces(update);
+        assert_eq!(pieces.len(), 4, "three resources of 20 kB fit in 64 KiB");
+        assert!(pieces.iter().all(|p| p.version == 7 && p.full));
+        assert!(pieces[..3].iter().all(|p| p.more) && !pieces[3].more);
+        assert_eq!(pieces.iter().map(|p| p.resources.len()).sum::<usize>(), 10);
+        assert_eq!(pieces[0].removed, vec!["gone".to_owned()]);
+        let small = pieces_of_one(resource("outbound/x", 10));
+        assert_eq!(small.len(), 1);
+        assert!(!small[0].more);
+        let huge = pieces_of_one(resource("outbound/x", 1 << 20));
+        assert_eq!(huge.len(), 1, "a resource larger than a piece still goes, alone");
+    }
+
+    fn pieces_of_one(r: Resource) -> Vec<ConfigUpdate> {
+        pieces(ConfigUpdate { version: 1, resources: vec![r], ..ConfigUpdate::default() })
     }
 }

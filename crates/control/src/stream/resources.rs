@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
 use tether_api::resource;
 use tether_model::registry::Instance;
@@ -18,7 +17,7 @@ use tether_model::{Endpoint, Inbound, Limits, LoadBalancing, Outbound, OutlierDe
 use crate::Snapshot;
 
 /// A resource body, encoded once and shared by every stream that sends it.
-pub type Body = Arc<[u8]>;
+pub type Body = bytes::Bytes;
 
 /// Resources by name.
 pub type Resources = BTreeMap<String, Body>;

@@ -124,7 +124,8 @@ async fn main() -> anyhow::Result<()> {
     for change in 0..a.changes {
         let i = (change * 7919) % a.instances;
         let service = i % a.services;
-        let health = if change % 2 == 0 { "UNHEALTHY" } else { "HEALTHY" };
+        // Each change marks an instance UNHEALTHY (measured), then HEALTHY again (not measured).
+        let health = "UNHEALTHY";
         let _ = expect.send(Some((change, format!("outbound/svc-{service}"))));
         let start = Instant::now();
         api.put(&instance_path(service, i), instance(i, health)).await?;
@@ -139,12 +140,9 @@ async fn main() -> anyhow::Result<()> {
                 got += 1;
             }
         }
-        // Flip it back so the namespace stays as it was.
-        if health == "UNHEALTHY" {
-            let _ = expect.send(None);
-            api.put(&instance_path(service, i), instance(i, "HEALTHY")).await?;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = expect.send(None);
+        api.put(&instance_path(service, i), instance(i, "HEALTHY")).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
@@ -205,12 +203,16 @@ async fn subscriber(
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
     let mut stream = ConfigStreamClient::new(channel).subscribe(request).await?.into_inner();
-    let mut first = true;
+    let (mut first, mut snapshot_bytes) = (true, 0);
     while let Some(update) = stream.message().await? {
         let at = Instant::now();
         if first {
-            let _ = ready.send(update.resources.iter().map(|r| r.json.len()).sum());
-            first = false;
+            // The snapshot comes in pieces; the last one says no `more`.
+            snapshot_bytes += update.resources.iter().map(|r| r.json.len()).sum::<usize>();
+            if !update.more {
+                let _ = ready.send(snapshot_bytes);
+                first = false;
+            }
         } else if let Some((change, name)) = expected.borrow().clone()
             && update.resources.iter().any(|r| r.name == name)
         {
