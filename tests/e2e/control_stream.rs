@@ -341,3 +341,19 @@ async fn proxies_ride_out_a_replica_and_etcd_quorum_going_away() {
     let report = load.stop().await;
     report.assert_no_failures();
 }
+
+/// `tether proxy --server` refuses what it cannot use at once, with exit status 64, rather than
+/// retrying a malformed URL forever.
+#[test]
+fn a_fed_proxy_with_bad_arguments_says_why_and_exits_64() {
+    let output = std::process::Command::new(TETHER)
+        .args(["proxy", "--server", "ftp://x,nonsense", "--token", "t", "--namespace", " "])
+        .args(["--service", "web", "--task", "web-1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("`ftp://x` is not an http://HOST:PORT URL"), "{stderr}");
+    assert!(stderr.contains("`nonsense` is not an http://HOST:PORT URL"), "{stderr}");
+    assert!(stderr.contains("--namespace is empty"), "{stderr}");
+}

@@ -48,6 +48,15 @@ pub struct Settings {
     pub outbound_ip: Option<IpAddr>,
 }
 
+/// Checks a control-plane URL as `--server` takes it: `http://HOST:PORT`.
+pub fn check_server_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(()),
+        _ => Err(format!("`{url}` is not an http://HOST:PORT URL, e.g. http://127.0.0.1:7700")),
+    }
+}
+
 /// The resources the proxy has, by name, and the version they came with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Snapshot {

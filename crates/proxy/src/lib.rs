@@ -70,8 +70,9 @@ type ListenerKey = (&'static str, String);
 
 /// A listener that is serving, and how to change or stop it.
 struct Running {
-    /// The listen address as configured (port 0 stays 0), to tell whether it moved.
-    listen: SocketAddr,
+    /// Its part of the config as applied (the listen address as configured, port 0 staying
+    /// 0), to tell whether it moved or changed at all.
+    config: Entry,
     serve: Arc<ArcSwap<Serve>>,
     /// Dropping it stops the listener.
     _stop: oneshot::Sender<()>,
@@ -111,7 +112,7 @@ impl Proxy {
         let Self { mut config, metrics, admin, admin_socket, listeners, limit, drain } = self;
         let mut running = HashMap::new();
         for (configured, listener) in self::listeners(&config).zip(listeners) {
-            running.insert(configured.key(), start(listener, configured.listen(), &drain, &limit));
+            running.insert(configured.key(), start(listener, configured.entry(), &drain, &limit));
         }
         // Last, so that every `listening` line is out before `/ready` answers.
         let admin = Arc::new(admin);
@@ -156,7 +157,38 @@ enum ListenerConfig<'a> {
     Outbound(&'a Outbound),
 }
 
+/// The same, kept by a running listener.
+#[derive(PartialEq)]
+enum Entry {
+    Inbound(Inbound),
+    Outbound(Outbound),
+}
+
+impl Entry {
+    fn listen(&self) -> SocketAddr {
+        match self {
+            Self::Inbound(c) => c.listen,
+            Self::Outbound(c) => c.listen,
+        }
+    }
+}
+
 impl ListenerConfig<'_> {
+    fn entry(&self) -> Entry {
+        match *self {
+            Self::Inbound(c) => Entry::Inbound(c.clone()),
+            Self::Outbound(c) => Entry::Outbound(c.clone()),
+        }
+    }
+
+    fn is(&self, entry: &Entry) -> bool {
+        match (*self, entry) {
+            (Self::Inbound(c), Entry::Inbound(e)) => c == e,
+            (Self::Outbound(c), Entry::Outbound(e)) => c == e,
+            _ => false,
+        }
+    }
+
     fn key(&self) -> ListenerKey {
         match self {
             Self::Inbound(c) => ("inbound", c.port_name.clone()),
@@ -193,12 +225,12 @@ fn listeners(config: &ProxyConfig) -> impl Iterator<Item = ListenerConfig<'_>> {
     inbound.chain(config.outbound.iter().map(ListenerConfig::Outbound))
 }
 
-fn start(listener: Listener, listen: SocketAddr, drain: &Drain, limit: &Arc<ConnectionLimit>) -> Running {
+fn start(listener: Listener, config: Entry, drain: &Drain, limit: &Arc<ConnectionLimit>) -> Running {
     info!(kind = %listener.kind, name = %listener.name, addr = %listener.local_addr(), "listening");
     let (stop, stopped) = oneshot::channel();
     let serve = listener.serve();
     tokio::spawn(listener.run(drain.watch(), limit.clone(), stopped));
-    Running { listen, serve, _stop: stop }
+    Running { config, serve, _stop: stop }
 }
 
 /// Moves the running listeners to `config`. A listener that keeps its address is updated in
@@ -214,27 +246,31 @@ async fn apply(
     let mut bound = Vec::new();
     for listener in listeners(config) {
         let key = listener.key();
-        if running.get(&key).is_none_or(|r| r.listen != listener.listen()) {
-            bound.push((key, listener.listen(), listener.bind(metrics).await?));
+        if running.get(&key).is_none_or(|r| r.config.listen() != listener.listen()) {
+            bound.push((key, listener.entry(), listener.bind(metrics).await?));
         }
     }
     // Everything could be bound: from here on nothing fails.
-    let wanted: Vec<ListenerConfig> = listeners(config).collect();
+    let wanted: HashMap<ListenerKey, ListenerConfig> = listeners(config).map(|l| (l.key(), l)).collect();
     running.retain(|key, _| {
-        let stays = wanted.iter().any(|l| &l.key() == key);
+        let stays = wanted.contains_key(key);
         if !stays {
             info!(kind = %key.0, name = %key.1, "listener removed");
         }
         stays
     });
-    for listener in wanted {
-        let key = listener.key();
-        if let Some(r) = running.get(&key).filter(|_| !bound.iter().any(|(k, ..)| *k == key)) {
+    for (key, listener) in &wanted {
+        // A listener whose part of the config is unchanged is left alone: an update about one
+        // alias does not rebuild the routes of all the others.
+        if let Some(r) = running.get_mut(key).filter(|r| !listener.is(&r.config))
+            && !bound.iter().any(|(k, ..)| k == key)
+        {
             listener.update(&r.serve, metrics);
+            r.config = listener.entry();
         }
     }
-    for (key, listen, listener) in bound {
-        running.insert(key, start(listener, listen, drain, limit));
+    for (key, entry, listener) in bound {
+        running.insert(key, start(listener, entry, drain, limit));
     }
     Ok(())
 }

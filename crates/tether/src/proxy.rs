@@ -142,8 +142,21 @@ mod fed {
             .unwrap_or_else(|| std::env::temp_dir().join("tether").join(&namespace).join(&task));
         let servers: Vec<String> =
             server.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
-        if servers.is_empty() {
-            eprintln!("--server names no URL");
+        let mistakes: Vec<String> = servers
+            .iter()
+            .filter_map(|url| {
+                tether_proxy::discovery::check_server_url(url).err().map(|e| format!("--server: {e}"))
+            })
+            .chain(servers.is_empty().then(|| "--server names no URL".to_owned()))
+            .chain(
+                [("--namespace", &namespace), ("--service", &service), ("--task", &task)]
+                    .into_iter()
+                    .filter(|(_, value)| value.trim().is_empty())
+                    .map(|(flag, _)| format!("{flag} is empty")),
+            )
+            .collect();
+        if !mistakes.is_empty() {
+            eprintln!("{}", mistakes.join("\n"));
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
         let settings = Settings {

@@ -55,7 +55,7 @@ impl State {
             Some(Key::Instance { service, id, .. }) => {
                 let old_task =
                     self.snapshot.instances.get(service).and_then(|i| i.get(id)).map(|i| i.task.clone());
-                Touched::Instance { service: service.to_owned(), old_task }
+                Touched::Instance { service: service.to_owned(), id: id.to_owned(), old_task }
             }
             _ => return Change::default(),
         };
@@ -79,7 +79,7 @@ impl State {
                     change.inbound.push(((name.clone(), task), inbound));
                 }
             }
-            Touched::Instance { service, old_task } => {
+            Touched::Instance { service, id, old_task } => {
                 if let Some(record) = self.snapshot.services.get(&service) {
                     let now = resources::outbound_of(&self.snapshot, &record.service, &self.vips);
                     for (name, body) in now {
@@ -89,16 +89,8 @@ impl State {
                         }
                     }
                 }
-                let new_task = match event {
-                    Event::Put(_) => {
-                        let id = match Key::parse(event.key()) {
-                            Some(Key::Instance { id, .. }) => id,
-                            _ => "",
-                        };
-                        self.snapshot.instances.get(&service).and_then(|i| i.get(id)).map(|i| i.task.clone())
-                    }
-                    Event::Delete { .. } => None,
-                };
+                let new_task =
+                    self.snapshot.instances.get(&service).and_then(|i| i.get(&id)).map(|i| i.task.clone());
                 let tasks: BTreeSet<String> = old_task.into_iter().chain(new_task).collect();
                 for task in tasks {
                     let inbound = self.inbound(&service, &task);
@@ -112,7 +104,7 @@ impl State {
 
 enum Touched {
     Service(String),
-    Instance { service: String, old_task: Option<String> },
+    Instance { service: String, id: String, old_task: Option<String> },
 }
 
 fn diff(before: &Resources, after: &Resources) -> Vec<(String, Option<resources::Body>)> {

@@ -118,12 +118,16 @@ async fn serve(
                 Ok(None) | Err(_) => break,
             },
             change = changes.recv() => {
+                // Whatever else has arrived goes into the same update.
                 let mut pending = vec![change];
-                while let Ok(more) = changes.try_recv().map(Ok).or_else(|e| match e {
-                    broadcast::error::TryRecvError::Lagged(n) => Ok(Err(broadcast::error::RecvError::Lagged(n))),
-                    other => Err(other),
-                }) {
-                    pending.push(more);
+                loop {
+                    match changes.try_recv() {
+                        Ok(more) => pending.push(Ok(more)),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            pending.push(Err(broadcast::error::RecvError::Lagged(n)));
+                        }
+                        Err(_) => break,
+                    }
                 }
                 let resync = pending.iter().any(|c| match c {
                     Ok(change) => change.everything,
