@@ -1,0 +1,1 @@
+//! The runner: task sandboxes, health checks, supervision and rolling deployments (design §7).
