@@ -1,1 +1,250 @@
-//! The runner: task sandboxes, health checks, supervision and rolling deployments (design §7).
+//! The runner (design §7): task sandboxes, health checks, supervision and rolling deployments.
+//!
+//! It follows the control plane: every service there with a command gets a [`service`]
+//! supervisor that keeps its tasks running, and a changed spec becomes a rolling deployment.
+//! It speaks to the control plane only through its REST API, so it runs the same beside an
+//! embedded control plane (`tether up`) and against a remote one (`tether up --server`).
+
+pub mod client;
+pub mod health;
+pub mod process;
+pub mod sandbox;
+mod service;
+pub mod status;
+mod task;
+mod version;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tracing::{info, warn};
+
+pub use client::{ApiError, ControlClient};
+pub use process::LogLine;
+pub use status::Status;
+
+use crate::process::TaskProcess;
+use crate::service::{Command, Supervisor};
+use crate::version::Version;
+
+/// How often the runner reads the namespace's specs from the control plane.
+const POLL: Duration = Duration::from_millis(500);
+/// The lease the runner's instances hang on: when the runner dies, they expire after this.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// What the runner needs to know.
+pub struct RunnerConfig {
+    pub namespace: String,
+    /// The control plane's URL, and its token.
+    pub server: String,
+    pub token: String,
+    /// Where tasks keep their files (`tasks/`) and logs (`logs/`).
+    pub data_dir: PathBuf,
+    /// The directory commands run in (the spec file's).
+    pub base_dir: PathBuf,
+    /// The `tether` binary, which runs the sidecars.
+    pub tether_exe: PathBuf,
+    /// The address other sidecars reach this host's sidecars on.
+    pub advertise: IpAddr,
+    /// How long a stopping task's sidecar keeps serving while its removal propagates.
+    pub drain_wait: Duration,
+}
+
+/// What every task shares.
+pub(crate) struct Context {
+    pub namespace: String,
+    pub client: ControlClient,
+    pub token: String,
+    pub data_dir: PathBuf,
+    pub base_dir: PathBuf,
+    pub tether_exe: PathBuf,
+    pub advertise: IpAddr,
+    pub drain_wait: Duration,
+    /// The runner's current lease; a new one when the old one was lost.
+    pub lease: watch::Receiver<i64>,
+    pub logs: broadcast::Sender<LogLine>,
+}
+
+pub struct Runner {
+    ctx: Arc<Context>,
+    lease: watch::Sender<i64>,
+    status: watch::Sender<Status>,
+}
+
+impl Runner {
+    /// Connects to the control plane and takes a lease.
+    pub async fn new(config: RunnerConfig) -> Result<Self, ApiError> {
+        let client = ControlClient::new(&config.server, &config.token);
+        let lease_id = client.grant_lease(LEASE_TTL).await?;
+        let (lease, lease_rx) = watch::channel(lease_id);
+        let (logs, _) = broadcast::channel(1024);
+        let ctx = Context {
+            namespace: config.namespace,
+            client,
+            token: config.token,
+            data_dir: config.data_dir,
+            base_dir: config.base_dir,
+            tether_exe: config.tether_exe,
+            advertise: config.advertise,
+            drain_wait: config.drain_wait,
+            lease: lease_rx,
+            logs,
+        };
+        Ok(Self { ctx: Arc::new(ctx), lease, status: watch::channel(Status::default()).0 })
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    pub fn logs(&self) -> broadcast::Receiver<LogLine> {
+        self.ctx.logs.subscribe()
+    }
+
+    /// Follows the control plane until `shutdown`, then drains and stops every task.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let ctx = &self.ctx;
+        let keeper = tokio::spawn(keep_lease(ctx.client.clone(), self.lease));
+        let mut supervisors: HashMap<String, (tokio::sync::mpsc::UnboundedSender<Command>, u64)> = HashMap::new();
+        let mut joins = Vec::new();
+        let mut edge = Edge::default();
+        let mut unreachable = false;
+        tokio::pin!(shutdown);
+        loop {
+            match ctx.client.services(&ctx.namespace).await {
+                Ok(services) => {
+                    if unreachable {
+                        info!("the control plane answers again");
+                        unreachable = false;
+                    }
+                    let mut seen = Vec::new();
+                    let mut publishes = false;
+                    for entry in services {
+                        let Some(version) = Version::new(entry.revision, &entry.name, &ctx.namespace, entry.spec)
+                        else {
+                            continue;
+                        };
+                        publishes |= !version.service.publish.is_empty();
+                        seen.push(entry.name.clone());
+                        match supervisors.get_mut(&entry.name) {
+                            Some((commands, revision)) if *revision != entry.revision => {
+                                *revision = entry.revision;
+                                let _ = commands.send(Command::Spec(version));
+                            }
+                            Some(_) => {}
+                            None => {
+                                let (commands, join) = Supervisor::spawn(ctx.clone(), version, self.status.clone());
+                                supervisors.insert(entry.name.clone(), (commands, entry.revision));
+                                joins.push(join);
+                            }
+                        }
+                    }
+                    supervisors.retain(|name, (commands, _)| {
+                        let keep = seen.contains(name);
+                        if !keep {
+                            let _ = commands.send(Command::Remove);
+                        }
+                        keep
+                    });
+                    edge.keep(ctx, publishes).await;
+                }
+                Err(e) if !unreachable => {
+                    warn!("{e}; tasks keep running");
+                    unreachable = true;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+        info!("stopping every task");
+        for (commands, _) in supervisors.values() {
+            let _ = commands.send(Command::Remove);
+        }
+        for join in joins {
+            let _ = join.await;
+        }
+        edge.keep(ctx, false).await;
+        keeper.abort();
+        let lease = *ctx.lease.borrow();
+        let _ = ctx.client.revoke_lease(lease).await;
+    }
+}
+
+/// Renews the lease at a third of its life; takes a new one when it was lost (the control
+/// plane was away longer than the TTL), which makes every task register again.
+async fn keep_lease(client: ControlClient, lease: watch::Sender<i64>) {
+    loop {
+        tokio::time::sleep(LEASE_TTL / 3).await;
+        let id = *lease.borrow();
+        match client.renew_lease(id).await {
+            Ok(()) => {}
+            Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => match client.grant_lease(LEASE_TTL).await {
+                Ok(id) => {
+                    warn!("the lease expired; registering every task again");
+                    let _ = lease.send(id);
+                }
+                Err(e) => warn!("cannot take a new lease: {e}"),
+            },
+            Err(e) => warn!("cannot renew the lease: {e}"),
+        }
+    }
+}
+
+/// The host's edge proxy: it owns the `publish` ports and balances them across the tasks.
+#[derive(Default)]
+struct Edge {
+    process: Option<TaskProcess>,
+}
+
+impl Edge {
+    async fn keep(&mut self, ctx: &Context, wanted: bool) {
+        if let Some(process) = &mut self.process {
+            if !wanted {
+                process.stop(ctx.drain_wait + Duration::from_secs(5)).await;
+                self.process = None;
+                return;
+            }
+            match process.try_wait() {
+                Ok(None) => return,
+                _ => {
+                    warn!("the edge proxy exited; starting it again");
+                    self.process = None;
+                }
+            }
+        }
+        if !wanted {
+            return;
+        }
+        match start_edge(ctx).await {
+            Ok(process) => self.process = Some(process),
+            Err(e) => warn!("cannot start the edge proxy: {e}"),
+        }
+    }
+}
+
+async fn start_edge(ctx: &Context) -> std::io::Result<TaskProcess> {
+    let dir = ctx.data_dir.join("edge");
+    let logs = ctx.data_dir.join("logs");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&logs)?;
+    let mut command = sandbox::host_command(&ctx.tether_exe.to_string_lossy())?;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    command
+        .arg("proxy")
+        .args(["--server", ctx.client.base(), "--namespace", &ctx.namespace, "--edge"])
+        .args(["--task", &format!("edge-{}", std::process::id())])
+        .args(["--admin", &admin.to_string()])
+        .arg("--state-dir")
+        .arg(dir.join("proxy"))
+        .args(["--drain-wait", &ctx.drain_wait.as_secs_f64().to_string()])
+        .env("TETHER_TOKEN", &ctx.token)
+        .env("RUST_LOG", "warn");
+    TaskProcess::spawn(command, &logs.join("edge.log"), None).await
+}

@@ -1,0 +1,57 @@
+//! One version of a service: the spec the runner starts tasks from.
+
+use std::sync::Arc;
+
+use tether_model::spec::{Service, ServiceSpec, TaskDefinition};
+
+/// A service's spec at one revision, validated.
+#[derive(Debug)]
+pub struct Version {
+    /// The control plane's revision of the spec.
+    pub revision: u64,
+    pub spec: ServiceSpec,
+    pub service: Service,
+    pub task: TaskDefinition,
+    /// What a task of this version runs, as text: two versions whose tasks would be the same
+    /// have the same fingerprint, so changing only `desiredCount` or a client alias rolls
+    /// nothing.
+    pub fingerprint: String,
+}
+
+impl Version {
+    /// `None` for a service without tasks to run (no command, or an external service).
+    pub fn new(revision: u64, name: &str, namespace: &str, spec: ServiceSpec) -> Option<Arc<Self>> {
+        let service = spec.validate(name, namespace).ok()?;
+        let task = service.task.clone()?;
+        let ports: Vec<(&str, Option<&str>)> = service
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), service.discovery_for_port(&p.name).map(|d| d.discovery_name.as_str())))
+            .collect();
+        let fingerprint = serde_json::json!({
+            "task": task,
+            "ports": service.ports,
+            "published": ports,
+            "publish": service.publish,
+        })
+        .to_string();
+        Some(Arc::new(Self { revision, spec, service, task, fingerprint }))
+    }
+
+    pub fn desired_count(&self) -> u32 {
+        self.service.desired_count
+    }
+
+    pub fn same_tasks(&self, other: &Version) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+
+    /// The port mappings a task registers an instance for: those published to the mesh or to
+    /// the host.
+    pub fn served_ports(&self) -> impl Iterator<Item = &tether_model::spec::Port> {
+        self.service.ports.iter().filter(|p| {
+            self.service.discovery_for_port(&p.name).is_some()
+                || self.service.publish.iter().any(|x| x.port_name == p.name)
+        })
+    }
+}
