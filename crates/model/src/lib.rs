@@ -17,3 +17,4 @@ pub use proxy::{
     RetryPolicy, Timeouts,
 };
 pub use source::{ConfigError, ConfigErrors, Source};
+pub use spec::{App, AppSpec};

@@ -33,6 +33,12 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl Source {
     /// Parses `text` (YAML, or JSON, which is read as YAML flow style).
     pub fn parse(name: impl Into<String>, text: &str) -> Result<Self, ConfigErrors> {
+        Self::parse_expecting(name, text, "`admin: 127.0.0.1:9901`")
+    }
+
+    /// [`Source::parse`] for a kind of file whose first field is shown by `example` (such as
+    /// `` `namespace: shop.local` ``) when the file is empty or not a mapping.
+    pub fn parse_expecting(name: impl Into<String>, text: &str, example: &str) -> Result<Self, ConfigErrors> {
         let name = name.into();
         if text.trim().is_empty() {
             return Err(ConfigErrors(vec![ConfigError {
@@ -40,13 +46,13 @@ impl Source {
                 line: 1,
                 column: 1,
                 field: String::new(),
-                message: "the file is empty; expected a mapping such as `admin: 127.0.0.1:9901`".into(),
+                message: format!("the file is empty; expected a mapping such as {example}"),
             }]));
         }
         let options = LoaderOptions::default().error_on_duplicate_keys(true).toplevel_mapping();
         match marked_yaml::parse_yaml_with_options(0, text, options) {
             Ok(root) => Ok(Self { name, root }),
-            Err(e) => Err(ConfigErrors(vec![load_error(&name, e)])),
+            Err(e) => Err(ConfigErrors(vec![load_error(&name, e, example)])),
         }
     }
 
@@ -72,19 +78,31 @@ impl Source {
         ConfigError { file: self.name.clone(), line, column, field, message: message.into() }
     }
 
+    /// The position of the deepest node of `path` in the document: a scalar's own position, or
+    /// the key of a mapping or sequence (which in block style starts on the next line).
     fn locate(&self, path: &str) -> (usize, usize) {
         let mut node = &self.root;
+        let mut mark = node.span().start();
         for segment in path_segments(path) {
             let next = match segment {
-                Segment::Key(key) => node.as_mapping().and_then(|m| m.get_node(key)),
-                Segment::Index(i) => node.as_sequence().and_then(|s| s.get_node(i)),
+                Segment::Key(key) => {
+                    node.as_mapping().and_then(|m| m.iter().find(|(k, _)| k.as_str() == key)).map(|(k, v)| {
+                        (v, if v.as_scalar().is_some() { v.span().start() } else { k.span().start() })
+                    })
+                }
+                Segment::Index(i) => {
+                    node.as_sequence().and_then(|s| s.get_node(i)).map(|v| (v, v.span().start()))
+                }
             };
             match next {
-                Some(next) => node = next,
+                Some((next, at)) => {
+                    node = next;
+                    mark = at.or(mark);
+                }
                 None => break,
             }
         }
-        node.span().start().map_or((1, 1), |m| (m.line(), m.column()))
+        mark.map_or((1, 1), |m| (m.line(), m.column()))
     }
 }
 
@@ -102,11 +120,11 @@ fn path_segments(path: &str) -> impl Iterator<Item = Segment<'_>> {
     })
 }
 
-fn load_error(file: &str, e: marked_yaml::LoadError) -> ConfigError {
+fn load_error(file: &str, e: marked_yaml::LoadError, example: &str) -> ConfigError {
     use marked_yaml::LoadError::*;
     let (mark, message) = match &e {
         TopLevelMustBeMapping(m) => {
-            (Some(*m), "the document must be a mapping of fields (`admin: …`, `outbound: […]`)".to_owned())
+            (Some(*m), format!("the document must be a mapping of fields such as {example}"))
         }
         DuplicateKey(inner) => (
             inner.key.span().start().copied(),

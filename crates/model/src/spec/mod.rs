@@ -6,8 +6,11 @@
 //! effective [`Service`], defaults filled in. Rules that span services (every discovery name and
 //! every `dnsName:port` unique in the namespace) are in [`namespace_conflicts`]. Nothing here knows
 //! about files or HTTP: errors carry a field path relative to the spec, which callers prefix and
-//! place (see [`FieldErrors::locate`]).
+//! place (see [`FieldErrors::locate`]). The whole file, with the rules between its services, is
+//! [`App`] (in `file.rs`); what one task runs is [`TaskDefinition`] (in `task.rs`).
 
+mod file;
+mod task;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -17,6 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AppProtocol, ConfigErrors, RetryPolicy, Source, Timeouts};
 
+pub use file::{App, AppSpec, ExternalServiceSpec};
+pub use task::{
+    DeploymentPolicy, HealthCheckPolicy, HealthCommand, KeyValuePair, NetworkMode, NetworkModeSpec,
+    PublishPort, TaskDefinition,
+};
 pub use validate::namespace_conflicts;
 
 /// One service as written.
@@ -27,6 +35,15 @@ pub struct ServiceSpec {
     /// Absent for a service whose instances are registered by something else.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// Environment variables of the command, ECS's shape: `[{ name: LOG_LEVEL, value: debug }]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment: Vec<KeyValuePair>,
+    /// Where the command runs, relative to the spec file's directory. Default: that directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    /// `awsvpc` (the default: each task in its own network sandbox) or `host` (none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<NetworkModeSpec>,
     /// How many tasks to keep running. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_count: Option<u32>,
@@ -49,6 +66,10 @@ pub struct ServiceSpec {
     /// defaults (2 retries on 503, within a budget of 20% + 10/s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_policy: Option<RetryPolicySpec>,
+    /// Fixed `IP:port` endpoints of a service outside the mesh, which runs no tasks (the form
+    /// `externalServices` entries take).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
 }
 
 /// `portMappings[]`: a port the app listens on.
@@ -68,10 +89,10 @@ pub struct PortMapping {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HealthCheck {
     pub command: Vec<String>,
-    /// Seconds between checks, 5 to 300. Default 30.
+    /// Seconds between checks, 1 to 300 (ECS: from 5). Default 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<u32>,
-    /// Seconds a check may take, 2 to 60. Default 5.
+    /// Seconds a check may take, 1 to 60 (ECS: from 2). Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u32>,
     /// Failures in a row that make a task unhealthy, 1 to 10. Default 3.
@@ -96,7 +117,7 @@ pub struct DeploymentConfiguration {
     pub deployment_circuit_breaker: Option<DeploymentCircuitBreaker>,
 }
 
-/// Stop (and optionally roll back) a deployment whose tasks keep failing.
+/// Stop (and optionally roll back) a deployment whose tasks keep failing. Default: both on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentCircuitBreaker {
@@ -239,6 +260,7 @@ pub struct RetryPolicySpec {
 pub struct Service {
     pub name: String,
     pub namespace: String,
+    /// Tasks to keep running; 0 for an external service.
     pub desired_count: u32,
     /// The port mappings, in order, each with its protocol filled in.
     pub ports: Vec<Port>,
@@ -248,6 +270,13 @@ pub struct Service {
     /// when Service Connect is off or the service is a client only.
     pub discovery: Vec<Discovery>,
     pub retry_policy: RetryPolicy,
+    /// What one task runs; None for a service whose instances something else registers (no
+    /// command) or an external service.
+    pub task: Option<TaskDefinition>,
+    /// Ports reachable from the host, load-balanced across the tasks.
+    pub publish: Vec<PublishPort>,
+    /// Fixed endpoints of an external service (always treated as healthy).
+    pub external_endpoints: Vec<std::net::SocketAddr>,
 }
 
 /// A port mapping with its protocol filled in.

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use super::*;
@@ -314,8 +316,8 @@ fn health_check_rules() {
         "healthCheck.command",
         &["one shell"],
     );
-    rejects(|v| v["healthCheck"]["interval"] = json!(1), "healthCheck.interval", &["5 to 300"]);
-    rejects(|v| v["healthCheck"]["timeout"] = json!(61), "healthCheck.timeout", &["2 to 60"]);
+    rejects(|v| v["healthCheck"]["interval"] = json!(0), "healthCheck.interval", &["1 to 300", "ECS from 5"]);
+    rejects(|v| v["healthCheck"]["timeout"] = json!(61), "healthCheck.timeout", &["1 to 60"]);
     rejects(|v| v["healthCheck"]["retries"] = json!(0), "healthCheck.retries", &["1 to 10"]);
     rejects(|v| v["healthCheck"]["startPeriod"] = json!(301), "healthCheck.startPeriod", &["0 to 300"]);
     valid({
@@ -337,7 +339,7 @@ fn deployment_rules() {
     rejects(
         |v| v[at] = json!({ "minimumHealthyPercent": 100, "maximumPercent": 100 }),
         &format!("{at}.maximumPercent"),
-        &["more than minimumHealthyPercent"],
+        &["cannot make progress", "above 100", "below 100"],
     );
 }
 
@@ -360,7 +362,7 @@ fn command_and_retry_policy_rules() {
 fn every_error_is_reported_at_once() {
     let errors = errors(|v| {
         v["portMappings"][0]["containerPort"] = json!(0);
-        v["healthCheck"]["interval"] = json!(1);
+        v["healthCheck"]["interval"] = json!(0);
         v["serviceConnectConfiguration"]["services"][0]["discoveryName"] = json!("-x");
     });
     assert_eq!(errors.len(), 3, "{errors:#?}");
@@ -404,4 +406,176 @@ fn errors_are_placed_in_a_file_under_a_prefix() {
     let located = errors.locate(&source, "services.payment");
     assert_eq!(located.0[0].field, "services.payment.portMappings[0].containerPort");
     assert_eq!(located.0[0].line, 4);
+}
+
+// ---- what one task runs ----------------------------------------------------------------------
+
+#[test]
+fn the_task_has_its_defaults_filled_in() {
+    let task = valid(payment()).task.expect("a service with a command has a task");
+    assert_eq!(task.command, ["python3", "payment.py"]);
+    assert!(task.environment.is_empty());
+    assert_eq!(task.working_directory, None);
+    assert_eq!(task.network_mode, NetworkMode::Sandbox);
+    assert_eq!(task.grace_period, Duration::from_secs(30));
+    let check = task.health_check.expect("the health check");
+    assert_eq!(check.command, HealthCommand::Shell("python3 health.py".into()));
+    assert_eq!((check.interval, check.timeout), (Duration::from_secs(5), Duration::from_secs(2)));
+    assert_eq!((check.retries, check.start_period), (3, Duration::from_secs(5)));
+    assert_eq!(task.deployment, DeploymentPolicy::default());
+    assert_eq!(
+        task.deployment,
+        DeploymentPolicy {
+            minimum_healthy_percent: 100,
+            maximum_percent: 200,
+            circuit_breaker: true,
+            rollback: true
+        }
+    );
+
+    let bare =
+        valid(json!({ "command": ["./app"], "healthCheck": { "command": ["CMD", "/bin/check", "-q"] } }));
+    let task = bare.task.unwrap();
+    let check = task.health_check.unwrap();
+    assert_eq!(check.command, HealthCommand::Exec(vec!["/bin/check".into(), "-q".into()]));
+    assert_eq!(
+        (check.interval, check.timeout, check.retries),
+        (Duration::from_secs(30), Duration::from_secs(5), 3)
+    );
+    assert_eq!(check.start_period, Duration::ZERO);
+    assert_eq!(task.grace_period, Duration::ZERO);
+    // The effective task reads back in seconds, as written.
+    let effective = serde_json::to_value(&check).unwrap();
+    assert_eq!(effective["interval"], 30.0);
+    assert_eq!(effective["command"], json!({ "exec": ["/bin/check", "-q"] }));
+}
+
+#[test]
+fn environment_working_directory_and_network_mode() {
+    let mut value = payment();
+    value["environment"] =
+        json!([{ "name": "LOG_LEVEL", "value": "debug" }, { "name": "PORT", "value": "3001" }]);
+    value["workingDirectory"] = json!("services/payment");
+    value["networkMode"] = json!("host");
+    let task = valid(value.clone()).task.unwrap();
+    assert_eq!(task.environment.get("LOG_LEVEL").map(String::as_str), Some("debug"));
+    assert_eq!(task.environment.len(), 2);
+    assert_eq!(task.working_directory.as_deref(), Some("services/payment"));
+    assert_eq!(task.network_mode, NetworkMode::Host);
+    assert_eq!(serde_json::to_value(spec(value.clone())).unwrap(), value, "serializes back as written");
+    value["networkMode"] = json!("awsvpc");
+    assert_eq!(valid(value).task.unwrap().network_mode, NetworkMode::Sandbox);
+
+    rejects(
+        |v| v["environment"] = json!([{ "name": "A", "value": "1" }, { "name": "A", "value": "2" }]),
+        "environment[1].name",
+        &["also environment[0]'s name"],
+    );
+    rejects(
+        |v| v["environment"] = json!([{ "name": "A=B", "value": "1" }]),
+        "environment[0].name",
+        &["without `=`"],
+    );
+    rejects(
+        |v| v["workingDirectory"] = json!(" "),
+        "workingDirectory",
+        &["relative to the spec file's directory"],
+    );
+    for unsupported in ["bridge", "none"] {
+        rejects(
+            |v| v["networkMode"] = json!(unsupported),
+            "networkMode",
+            &["not supported", "`awsvpc`", "`host`"],
+        );
+    }
+    let e = serde_json::from_value::<ServiceSpec>(json!({ "networkMode": "nat" })).unwrap_err().to_string();
+    assert!(e.contains("`awsvpc` or `host`"), "{e}");
+}
+
+#[test]
+fn deployment_bounds_and_circuit_breaker() {
+    let at = "deploymentConfiguration";
+    // A stopped task (below 100%) is progress too.
+    let mut value = payment();
+    value[at] = json!({ "minimumHealthyPercent": 50, "maximumPercent": 100,
+        "deploymentCircuitBreaker": { "enable": false, "rollback": false } });
+    let deployment = valid(value).task.unwrap().deployment;
+    assert_eq!(
+        deployment,
+        DeploymentPolicy {
+            minimum_healthy_percent: 50,
+            maximum_percent: 100,
+            circuit_breaker: false,
+            rollback: false
+        }
+    );
+    rejects(|v| v[at]["maximumPercent"] = json!(201), &format!("{at}.maximumPercent"), &["100 to 200"]);
+    rejects(
+        |v| v[at]["deploymentCircuitBreaker"] = json!({ "enable": false, "rollback": true }),
+        &format!("{at}.deploymentCircuitBreaker.rollback"),
+        &["enable: true"],
+    );
+}
+
+#[test]
+fn a_service_without_a_command_has_no_task() {
+    let service = valid(json!({ "portMappings": [{ "name": "api", "containerPort": 80 }] }));
+    assert_eq!(service.task, None);
+    assert!(service.external_endpoints.is_empty());
+}
+
+#[test]
+fn a_service_with_endpoints_is_external_and_runs_no_tasks() {
+    let service = valid(json!({
+        "endpoints": ["10.0.0.5:5432", "[2001:db8::5]:5432"],
+        "portMappings": [{ "name": "db", "containerPort": 5432 }],
+    }));
+    assert_eq!(service.task, None);
+    assert_eq!(service.desired_count, 0);
+    assert_eq!(
+        service.external_endpoints,
+        ["10.0.0.5:5432".parse::<std::net::SocketAddr>().unwrap(), "[2001:db8::5]:5432".parse().unwrap()]
+    );
+    let errors = errors(|v| v["endpoints"] = json!(["10.0.0.5:5432"]));
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "command",
+            "desiredCount",
+            "healthCheck",
+            "healthCheckGracePeriodSeconds",
+            "deploymentConfiguration"
+        ]
+    );
+    assert!(errors[0].message.contains("runs no tasks"), "{}", errors[0].message);
+    rejects(
+        |v| {
+            *v = json!({ "endpoints": ["db.example.com:5432"] });
+        },
+        "endpoints[0]",
+        &["host name", "does not resolve"],
+    );
+    rejects(|v| *v = json!({ "endpoints": ["10.0.0.5"] }), "endpoints[0]", &["IP:PORT"]);
+    rejects(
+        |v| *v = json!({ "endpoints": ["10.0.0.5:1", "10.0.0.5:1"] }),
+        "endpoints[1]",
+        &["list each endpoint once"],
+    );
+}
+
+#[test]
+fn published_ports_carry_their_mapping() {
+    let mut value = payment();
+    value["publish"] = json!([{ "portName": "api", "hostPort": 8080 }]);
+    let publish = valid(value).publish;
+    assert_eq!(
+        publish,
+        [PublishPort {
+            port_name: "api".into(),
+            host_port: 8080,
+            container_port: 3001,
+            app_protocol: AppProtocol::Http
+        }]
+    );
 }

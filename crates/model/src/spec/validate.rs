@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{
-    Alias, DeploymentConfiguration, Discovery, FieldError, FieldErrors, HealthCheck, Port, PortMapping,
-    RetryPolicySpec, Service, ServiceConnectConfiguration, ServiceConnectService, ServiceSpec, TimeoutSpec,
+    Alias, Discovery, FieldError, FieldErrors, Port, PortMapping, PublishPort, RetryPolicySpec, Service,
+    ServiceConnectConfiguration, ServiceConnectService, ServiceSpec, TimeoutSpec,
 };
 use crate::{AppProtocol, RetryPolicy, Seconds, Timeouts};
 
@@ -17,16 +17,23 @@ const CONNECT_TIMEOUT: u64 = 1;
 /// Longest timeout accepted (a day): anything longer is almost surely a unit mistake.
 const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 const MAX_DNS_NAME: usize = 127;
-const MAX_DISCOVERY_NAME: usize = 64;
+pub(super) const MAX_DISCOVERY_NAME: usize = 64;
 
 impl ServiceSpec {
     /// Checks the spec of service `name` in `namespace` and returns the effective service, or
     /// every error found. `name` and `namespace` are taken as valid (their callers check them,
     /// see [`crate::registry`]); the namespace is needed for the default `dnsName`.
     pub fn validate(&self, name: &str, namespace: &str) -> Result<Service, FieldErrors> {
+        let (service, errors) = self.check(name, namespace);
+        if errors.is_empty() { Ok(service) } else { Err(FieldErrors(errors)) }
+    }
+
+    /// The service as far as it could be made out, and every error: a whole file is checked
+    /// for conflicts between its services even when one of them has errors of its own.
+    pub(super) fn check(&self, name: &str, namespace: &str) -> (Service, Vec<FieldError>) {
         let mut checker = Checker { errors: Vec::new(), namespace };
         let service = checker.service(self, name);
-        if checker.errors.is_empty() { Ok(service) } else { Err(FieldErrors(checker.errors)) }
+        (service, checker.errors)
     }
 }
 
@@ -42,9 +49,9 @@ pub fn namespace_conflicts<'a>(
     let mut aliases = HashMap::new();
     for other in others.into_iter().filter(|o| o.name != candidate.name) {
         for d in &other.discovery {
-            discovery_names.insert(d.discovery_name.as_str(), other.name.as_str());
+            discovery_names.entry(d.discovery_name.as_str()).or_insert(other.name.as_str());
             for alias in &d.client_aliases {
-                aliases.insert(alias, other.name.as_str());
+                aliases.entry(alias).or_insert(other.name.as_str());
             }
         }
     }
@@ -105,37 +112,32 @@ pub(crate) fn check_dns_name(s: &str) -> Result<(), String> {
     }
 }
 
-struct Checker<'a> {
+/// Collects every error of one spec; the task's checks are in `task.rs`.
+pub(super) struct Checker<'a> {
     errors: Vec<FieldError>,
     namespace: &'a str,
 }
 
 impl Checker<'_> {
-    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError::new(field, message));
     }
 
     fn service(&mut self, spec: &ServiceSpec, name: &str) -> Service {
-        if spec.command.first().is_some_and(|program| program.trim().is_empty()) {
-            self.fail("command[0]", "the program is empty; expected e.g. `[\"python3\", \"app.py\"]`");
-        }
         let ports = self.port_mappings(&spec.port_mappings);
-        if let Some(check) = &spec.health_check {
-            self.health_check(check);
-        }
-        if let Some(deployment) = &spec.deployment_configuration {
-            self.deployment(deployment);
-        }
-        self.publish(spec, &ports);
+        let task = self.task(spec);
+        let external_endpoints = self.external_endpoints(spec);
+        let publish = self.publish(spec, &ports);
         let (service_connect, discovery) = match &spec.service_connect_configuration {
             Some(sc) => (sc.enabled, self.service_connect(sc, &ports)),
             None => (false, Vec::new()),
         };
         let retry_policy = self.retry_policy(spec.retry_policy.as_ref());
+        let external = !spec.endpoints.is_empty();
         Service {
             name: name.to_owned(),
             namespace: self.namespace.to_owned(),
-            desired_count: spec.desired_count.unwrap_or(1),
+            desired_count: if external { 0 } else { spec.desired_count.unwrap_or(1) },
             ports: spec
                 .port_mappings
                 .iter()
@@ -148,6 +150,9 @@ impl Checker<'_> {
             service_connect,
             discovery,
             retry_policy,
+            task,
+            publish,
+            external_endpoints,
         }
     }
 
@@ -182,49 +187,21 @@ impl Checker<'_> {
         by_name.into_iter().map(|(name, (_, m))| (name, m)).collect()
     }
 
-    fn health_check(&mut self, check: &HealthCheck) {
-        const EXAMPLES: &str = "`[\"CMD-SHELL\", \"curl -f http://localhost/health\"]` or `[\"CMD\", \"/bin/check\", \"--quick\"]`";
-        match check.command.first().map(String::as_str) {
-            None => self.fail("healthCheck.command", format!("is empty; expected {EXAMPLES}")),
-            Some("CMD") if check.command.len() < 2 => {
-                self.fail("healthCheck.command", "`CMD` must be followed by the program to run and its arguments")
-            }
-            Some("CMD-SHELL") if check.command.len() != 2 => self.fail(
-                "healthCheck.command",
-                "`CMD-SHELL` must be followed by exactly one shell command line, e.g. `[\"CMD-SHELL\", \"curl -f http://localhost/\"]`",
-            ),
-            Some("CMD" | "CMD-SHELL") => {}
-            Some(other) => self.fail(
-                "healthCheck.command[0]",
-                format!("`{other}` is not a kind of check; expected `CMD` or `CMD-SHELL`, as in {EXAMPLES}"),
-            ),
-        }
-        self.range("healthCheck.interval", check.interval, 5, 300);
-        self.range("healthCheck.timeout", check.timeout, 2, 60);
-        self.range("healthCheck.retries", check.retries, 1, 10);
-        self.range("healthCheck.startPeriod", check.start_period, 0, 300);
-    }
-
-    fn deployment(&mut self, d: &DeploymentConfiguration) {
-        self.range("deploymentConfiguration.minimumHealthyPercent", d.minimum_healthy_percent, 0, 100);
-        self.range("deploymentConfiguration.maximumPercent", d.maximum_percent, 100, 200);
-        let (min, max) = (d.minimum_healthy_percent.unwrap_or(100), d.maximum_percent.unwrap_or(200));
-        if max <= min && max >= 100 {
-            self.fail(
-                "deploymentConfiguration.maximumPercent",
-                format!(
-                    "must be more than minimumHealthyPercent ({min}): otherwise a deployment can neither start a new task nor stop an old one"
-                ),
-            );
-        }
-    }
-
-    fn publish(&mut self, spec: &ServiceSpec, ports: &HashMap<&str, &PortMapping>) {
+    fn publish(&mut self, spec: &ServiceSpec, ports: &HashMap<&str, &PortMapping>) -> Vec<PublishPort> {
         let mut host_ports = HashMap::new();
+        let mut publish = Vec::with_capacity(spec.publish.len());
         for (i, p) in spec.publish.iter().enumerate() {
-            if !ports.contains_key(p.port_name.as_str()) {
-                let message = unknown_port(&p.port_name, ports);
-                self.fail(format!("publish[{i}].portName"), message);
+            match ports.get(p.port_name.as_str()) {
+                Some(mapping) => publish.push(PublishPort {
+                    port_name: p.port_name.clone(),
+                    host_port: p.host_port,
+                    container_port: mapping.container_port,
+                    app_protocol: mapping.app_protocol.unwrap_or(AppProtocol::Tcp),
+                }),
+                None => {
+                    let message = unknown_port(&p.port_name, ports);
+                    self.fail(format!("publish[{i}].portName"), message);
+                }
             }
             if p.host_port == 0 {
                 self.fail(format!("publish[{i}].hostPort"), "must be a port from 1 to 65535");
@@ -238,6 +215,7 @@ impl Checker<'_> {
                 );
             }
         }
+        publish
     }
 
     fn service_connect(
@@ -416,12 +394,6 @@ impl Checker<'_> {
                 );
                 Seconds::from_secs(default)
             }
-        }
-    }
-
-    fn range(&mut self, field: &str, value: Option<u32>, min: u32, max: u32) {
-        if let Some(v) = value.filter(|v| !(min..=max).contains(v)) {
-            self.fail(field, format!("{v} is out of range; expected {min} to {max}"));
         }
     }
 
