@@ -11,4 +11,7 @@ pub mod v1 {
 pub mod resource {
     pub const INBOUND: &str = "inbound/";
     pub const OUTBOUND: &str = "outbound/";
+    /// `outbound/publish:<service>.<portName>`: a service's port published on the host. An
+    /// outbound listener like any other, sent only to edge proxies (and only those to them).
+    pub const PUBLISH: &str = "outbound/publish:";
 }

@@ -221,6 +221,16 @@ pub struct Timeouts {
 }
 
 impl Timeouts {
+    /// Service Connect's defaults for a port speaking `protocol`.
+    pub fn default_for(protocol: AppProtocol) -> Self {
+        let http = protocol.is_http();
+        Self {
+            idle_timeout_seconds: if http { HTTP_IDLE_TIMEOUT } else { TCP_IDLE_TIMEOUT },
+            per_request_timeout_seconds: http.then_some(PER_REQUEST_TIMEOUT),
+            connect_timeout_seconds: CONNECT_TIMEOUT,
+        }
+    }
+
     pub fn idle(&self) -> Option<Duration> {
         self.idle_timeout_seconds.non_zero()
     }

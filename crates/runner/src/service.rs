@@ -206,7 +206,8 @@ impl Supervisor {
             return;
         }
         let desired = self.target.desired_count() as usize;
-        let is_new = |e: &Entry| e.handle.version.same_tasks(&self.target);
+        let target = self.target.clone();
+        let is_new = |e: &Entry| e.handle.version.same_tasks(&target);
         let live = |e: &&Entry| !e.handle.stopping();
         let new: Vec<String> = self.tasks.iter().filter(|(_, e)| live(e) && is_new(e)).map(|(id, _)| id.clone()).collect();
         let old = self.tasks.values().filter(|e| live(e) && !is_new(e)).count();

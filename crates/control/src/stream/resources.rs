@@ -11,8 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use tether_api::resource;
 use tether_model::registry::Instance;
-use tether_model::spec::{Discovery, Service};
-use tether_model::{Endpoint, Inbound, Limits, LoadBalancing, Outbound, OutlierDetection};
+use tether_model::spec::{Discovery, Port, Service};
+use tether_model::{
+    AppProtocol, Endpoint, Health, Inbound, Limits, LoadBalancing, Outbound, OutlierDetection, Timeouts,
+};
 
 use crate::Snapshot;
 
@@ -31,15 +33,18 @@ pub fn outbound(snapshot: &Snapshot, vips: &VirtualIps) -> Resources {
     resources
 }
 
-/// The outbound resources of one service's client aliases.
+/// The outbound resources of one service: its client aliases, and its published ports (for
+/// edge proxies).
 pub fn outbound_of(snapshot: &Snapshot, service: &Service, vips: &VirtualIps) -> Resources {
     let mut resources = Resources::new();
     for discovery in &service.discovery {
-        let endpoints: Vec<Endpoint> = snapshot
-            .instances_of(&service.name)
-            .filter(|i| serves(i, service, discovery))
-            .map(|i| Endpoint { address: SocketAddr::new(i.address, i.port), mesh: true, health: i.health })
-            .collect();
+        let mut endpoints: Vec<Endpoint> =
+            routable(snapshot, service).filter(|i| serves(i, service, discovery)).map(endpoint).collect();
+        endpoints.extend(service.external_endpoints.iter().map(|&address| Endpoint {
+            address,
+            mesh: false,
+            health: Health::Healthy,
+        }));
         for alias in &discovery.client_aliases {
             let outbound = Outbound {
                 dns_name: alias.dns_name.clone(),
@@ -55,7 +60,44 @@ pub fn outbound_of(snapshot: &Snapshot, service: &Service, vips: &VirtualIps) ->
             resources.insert(format!("{}{}", resource::OUTBOUND, alias.dns_name), encode(&outbound));
         }
     }
+    for publish in &service.publish {
+        let endpoints = routable(snapshot, service)
+            .filter(|i| i.port_name.as_deref() == Some(publish.port_name.as_str()))
+            .map(endpoint)
+            .collect();
+        let name = format!("{}.{}", service.name, publish.port_name);
+        let outbound = Outbound {
+            dns_name: name.clone(),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), publish.host_port),
+            app_protocol: publish.app_protocol,
+            load_balancing: LoadBalancing::default(),
+            endpoints,
+            timeout: port_timeouts(service, &publish.port_name, publish.app_protocol),
+            retry_policy: service.retry_policy.clone(),
+            outlier_detection: OutlierDetection::default(),
+            limits: Limits::default(),
+        };
+        resources.insert(format!("{}{name}", resource::PUBLISH), encode(&outbound));
+    }
     resources
+}
+
+/// The instances callers may be sent to: all but those still starting, which get traffic only
+/// once their health check has passed (not even when nothing else is healthy).
+fn routable<'a>(snapshot: &'a Snapshot, service: &'a Service) -> impl Iterator<Item = &'a Instance> {
+    snapshot.instances_of(&service.name).filter(|i| i.health != Health::Starting)
+}
+
+fn endpoint(instance: &Instance) -> Endpoint {
+    Endpoint { address: SocketAddr::new(instance.address, instance.port), mesh: true, health: instance.health }
+}
+
+/// The timeouts of a port: its published endpoint's, else the defaults for its protocol.
+fn port_timeouts(service: &Service, port_name: &str, protocol: AppProtocol) -> Timeouts {
+    match service.discovery_for_port(port_name) {
+        Some(discovery) => discovery.timeout,
+        None => Timeouts::default_for(protocol),
+    }
 }
 
 /// The inbound resources of one task: one per instance it registered, from the instance's
@@ -67,20 +109,33 @@ pub fn inbound(snapshot: &Snapshot, service: &str, task: &str) -> Resources {
     };
     let service = &record.service;
     for instance in snapshot.instances_of(&service.name).filter(|i| i.task == task) {
-        let Some(discovery) = service.discovery.iter().find(|d| serves(instance, service, d)) else {
+        let Some(port) = instance_port(instance, service) else {
             continue;
         };
+        let discovery = service.discovery_for_port(&port.name);
         let inbound = Inbound {
-            port_name: discovery.port_name.clone(),
-            discovery_name: discovery.discovery_name.clone(),
+            port_name: port.name.clone(),
+            discovery_name: discovery.map_or_else(|| port.name.clone(), |d| d.discovery_name.clone()),
             listen: SocketAddr::new(instance.address, instance.port),
-            target: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), discovery.container_port),
-            app_protocol: discovery.app_protocol,
-            timeout: discovery.timeout,
+            target: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port.container_port),
+            app_protocol: port.app_protocol,
+            timeout: port_timeouts(service, &port.name, port.app_protocol),
         };
-        resources.insert(format!("{}{}", resource::INBOUND, discovery.port_name), encode(&inbound));
+        resources.insert(format!("{}{}", resource::INBOUND, port.name), encode(&inbound));
     }
     resources
+}
+
+/// The port mapping an instance serves: the one it names, or the service's only published one.
+fn instance_port<'a>(instance: &Instance, service: &'a Service) -> Option<&'a Port> {
+    let name = match &instance.port_name {
+        Some(name) => name.as_str(),
+        None => match service.discovery.as_slice() {
+            [only] => only.port_name.as_str(),
+            _ => return None,
+        },
+    };
+    service.ports.iter().find(|p| p.name == name)
 }
 
 /// Whether `instance` serves `discovery`: it names its port, or names none and the service
