@@ -52,7 +52,7 @@ impl Source {
         let options = LoaderOptions::default().error_on_duplicate_keys(true).toplevel_mapping();
         match marked_yaml::parse_yaml_with_options(0, text, options) {
             Ok(root) => Ok(Self { name, root }),
-            Err(e) => Err(ConfigErrors(vec![load_error(&name, e, example)])),
+            Err(e) => Err(ConfigErrors(vec![load_error(&name, text, e, example)])),
         }
     }
 
@@ -120,7 +120,7 @@ fn path_segments(path: &str) -> impl Iterator<Item = Segment<'_>> {
     })
 }
 
-fn load_error(file: &str, e: marked_yaml::LoadError, example: &str) -> ConfigError {
+fn load_error(file: &str, text: &str, e: marked_yaml::LoadError, example: &str) -> ConfigError {
     use marked_yaml::LoadError::*;
     let (mark, message) = match &e {
         TopLevelMustBeMapping(m) => {
@@ -134,7 +134,17 @@ fn load_error(file: &str, e: marked_yaml::LoadError, example: &str) -> ConfigErr
                 inner.prev_key.span().start().map_or(0, |m| m.line())
             ),
         ),
-        ScanError(m, scan) => (Some(*m), format!("not valid YAML: {scan}")),
+        ScanError(m, scan) => {
+            let mut message = format!("not valid YAML: {}", scan.info());
+            // The scanner notices an unclosed `[` or `{` only lines later, where nothing is wrong.
+            if let Some((open, line, column)) = open_flow_collection(text, m.line()) {
+                let close = if open == '[' { ']' } else { '}' };
+                message.push_str(&format!(
+                    "; the `{open}` at line {line} column {column} is still open here: is a `{close}` missing?"
+                ));
+            }
+            (Some(*m), message)
+        }
         other => (None, format!("not supported here: {other}")),
     };
     ConfigError {
@@ -144,6 +154,52 @@ fn load_error(file: &str, e: marked_yaml::LoadError, example: &str) -> ConfigErr
         field: String::new(),
         message,
     }
+}
+
+/// The innermost flow collection (`[` or `{`) opened before `before_line` and not closed by
+/// then, as `(bracket, line, column)`. A heuristic for messages: quotes and comments are
+/// skipped, and a bracket counts only where a flow collection may start.
+fn open_flow_collection(text: &str, before_line: usize) -> Option<(char, usize, usize)> {
+    let (mut line, mut column) = (1, 0);
+    let (mut open, mut quote, mut comment, mut prev) = (Vec::new(), None, false, ' ');
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || c == '\r' {
+            // YAML breaks lines at CRLF, LF and a lone CR.
+            if c == '\r' && chars.peek() == Some(&'\n') {
+                chars.next();
+            }
+            (line, column, comment, prev) = (line + 1, 0, false, ' ');
+            if line >= before_line {
+                break;
+            }
+            continue;
+        }
+        column += 1;
+        let starts_token = prev.is_whitespace() || "[{,:".contains(prev);
+        match (quote, c) {
+            _ if comment => {}
+            (Some('"'), '\\') => {
+                chars.next();
+                column += 1;
+            }
+            (Some('\''), '\'') if chars.peek() == Some(&'\'') => {
+                chars.next();
+                column += 1;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') if starts_token => quote = Some(c),
+            (None, '#') if prev.is_whitespace() => comment = true,
+            (None, '[' | '{') if starts_token => open.push((c, line, column)),
+            (None, ']' | '}') => {
+                open.pop();
+            }
+            _ => {}
+        }
+        prev = c;
+    }
+    open.pop()
 }
 
 fn describe_serde_error(e: &marked_yaml::Error) -> String {

@@ -7,6 +7,10 @@
 //! accept ─► listener (inbound | outbound) ─► http::Route | tcp::TcpRoute
 //!             ─► balance (P2C peak-EWMA | round robin) ─► upstream (pooled HTTP/1, shared HTTP/2, TCP)
 //! ```
+//!
+//! A sidecar whose task has a network namespace of its own ([`Proxy::bind_in`]) listens for
+//! the app and connects to it inside that namespace, and does everything else in the host's;
+//! it can keep the task's hosts file listing the client aliases ([`Proxy::keep_hosts_file`]).
 
 mod admin;
 mod balance;
@@ -15,10 +19,12 @@ pub mod discovery;
 mod drain;
 mod error;
 mod flood;
+pub mod hosts;
 mod http;
 mod inbound;
 mod listener;
 mod metrics;
+pub mod netns;
 mod outbound;
 mod resilience;
 mod tcp;
@@ -38,10 +44,12 @@ use tracing::{info, warn};
 
 pub use drain::Phase;
 pub use error::{ERROR_HEADER, ProxyError};
+pub use hosts::{HostsError, HostsFile};
 /// Public for the fuzz targets (`fuzz/`) and their corpus tests.
 #[doc(hidden)]
 pub use http::framing;
 pub use listener::BindError;
+pub use netns::{Netns, NetnsError, Network};
 
 use admin::Admin;
 use drain::Drain;
@@ -56,6 +64,9 @@ pub struct Proxy {
     listeners: Vec<Listener>,
     limit: Arc<ConnectionLimit>,
     drain: Drain,
+    /// The task's side of the sockets: outbound listeners and connections to the app.
+    task: Network,
+    hosts: Option<HostsFile>,
 }
 
 /// A new config for a running proxy ([`Proxy::run_with_updates`]), and where to say whether it
@@ -81,18 +92,32 @@ struct Running {
 impl Proxy {
     /// Binds the admin endpoint and every listener.
     pub async fn bind(config: ProxyConfig) -> Result<Self, BindError> {
+        Self::bind_in(config, Network::Host).await
+    }
+
+    /// Like [`bind`](Self::bind), for a task whose app lives in `task`: the outbound listeners
+    /// and the connections to the app are made there, the admin endpoint, the inbound listeners
+    /// and the connections to endpoints in the host's namespace (design §7).
+    pub async fn bind_in(config: ProxyConfig, task: Network) -> Result<Self, BindError> {
         let mut registry = Registry::with_prefix("tether");
         let metrics = Metrics::register(&mut registry, &config.service);
-        let admin_socket = listener::bind("admin", "admin", config.admin).await?;
+        let admin_socket = listener::bind("admin", "admin", config.admin, &Network::Host).await?;
         let mut bound = Vec::with_capacity(config.inbound.len() + config.outbound.len());
         for listener in listeners(&config) {
-            bound.push(listener.bind(&metrics).await?);
+            bound.push(listener.bind(&metrics, &task).await?);
         }
         let limit =
             ConnectionLimit::new(config.max_downstream_connections, metrics.downstream_overflows.clone());
         let drain = Drain::new();
         let admin = Admin::new(registry, &config, drain.trigger());
-        Ok(Self { config, metrics, admin, admin_socket, listeners: bound, limit, drain })
+        Ok(Self { config, metrics, admin, admin_socket, listeners: bound, limit, drain, task, hosts: None })
+    }
+
+    /// Keeps `hosts` listing the client aliases of the config served, from the first one on:
+    /// it is rewritten once the listeners of a config are bound, when the aliases changed.
+    pub fn keep_hosts_file(mut self, hosts: HostsFile) -> Self {
+        self.hosts = Some(hosts);
+        self
     }
 
     /// Serves until `shutdown` resolves or a drain is requested at the admin endpoint, then
@@ -109,11 +134,13 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
         mut updates: mpsc::Receiver<Update>,
     ) {
-        let Self { mut config, metrics, admin, admin_socket, listeners, limit, drain } = self;
+        let Self { mut config, metrics, admin, admin_socket, listeners, limit, drain, task, mut hosts } =
+            self;
         let mut running = HashMap::new();
         for (configured, listener) in self::listeners(&config).zip(listeners) {
             running.insert(configured.key(), start(listener, configured.entry(), &drain, &limit));
         }
+        list_aliases(&mut hosts, &config);
         // Last, so that every `listening` line is out before `/ready` answers.
         let admin = Arc::new(admin);
         if let Ok(addr) = admin_socket.local_addr() {
@@ -126,10 +153,11 @@ impl Proxy {
                 () = &mut shutdown => break,
                 () = drain.requested() => break,
                 Some(update) = updates.recv() => {
-                    let applied = apply(&mut running, &update.config, &metrics, &drain, &limit).await;
+                    let applied = apply(&mut running, &update.config, &metrics, &drain, &limit, &task).await;
                     if applied.is_ok() {
                         config = update.config;
                         admin.set_config(&config);
+                        list_aliases(&mut hosts, &config);
                     }
                     let _ = update.done.send(applied);
                 }
@@ -203,21 +231,57 @@ impl ListenerConfig<'_> {
         }
     }
 
-    async fn bind(&self, metrics: &Metrics) -> Result<Listener, BindError> {
+    fn is_http(&self) -> bool {
+        match self {
+            Self::Inbound(c) => c.app_protocol.is_http(),
+            Self::Outbound(c) => c.app_protocol.is_http(),
+        }
+    }
+
+    /// Where this listener's sockets live (design §7), decided here and nowhere else. An
+    /// outbound listener faces the app: it listens in the task's namespace and connects to
+    /// endpoints (other sidecars, external services) from the host's. An inbound listener faces
+    /// other hosts: it listens in the host's namespace and connects to the app in the task's.
+    fn sockets(&self, task: &Network) -> Sockets {
+        match self {
+            Self::Inbound(_) => Sockets { listen: Network::Host, connect: task.clone() },
+            Self::Outbound(_) => Sockets { listen: task.clone(), connect: Network::Host },
+        }
+    }
+
+    async fn bind(&self, metrics: &Metrics, task: &Network) -> Result<Listener, BindError> {
         let (kind, name) = self.key();
+        let sockets = self.sockets(task);
+        let serve = self.serve(metrics, &sockets.connect);
+        Listener::bind(kind, &name, self.listen(), serve, &sockets.listen).await
+    }
+
+    fn serve(&self, metrics: &Metrics, connect: &Network) -> Serve {
         let serve = match self {
             Self::Inbound(c) => inbound::serve(c, metrics),
             Self::Outbound(c) => outbound::serve(c, metrics),
         };
-        Listener::bind(kind, &name, self.listen(), serve).await
+        serve.connecting_from(connect)
     }
 
-    fn update(&self, serve: &ArcSwap<Serve>, metrics: &Metrics) {
+    fn update(&self, serve: &ArcSwap<Serve>, metrics: &Metrics, task: &Network) {
+        // A listener that changes protocol gets new routes, built here so that they connect
+        // from the right namespace; otherwise its routes are updated in place.
+        if serve.load().is_http() != self.is_http() {
+            serve.store(Arc::new(self.serve(metrics, &self.sockets(task).connect)));
+            return;
+        }
         match self {
             Self::Inbound(c) => inbound::update(serve, c, metrics),
             Self::Outbound(c) => outbound::update(serve, c, metrics),
         }
     }
+}
+
+/// The namespaces of one listener's sockets.
+struct Sockets {
+    listen: Network,
+    connect: Network,
 }
 
 fn listeners(config: &ProxyConfig) -> impl Iterator<Item = ListenerConfig<'_>> {
@@ -242,12 +306,13 @@ async fn apply(
     metrics: &Metrics,
     drain: &Drain,
     limit: &Arc<ConnectionLimit>,
+    task: &Network,
 ) -> Result<(), BindError> {
     let mut bound = Vec::new();
     for listener in listeners(config) {
         let key = listener.key();
         if running.get(&key).is_none_or(|r| r.config.listen() != listener.listen()) {
-            bound.push((key, listener.entry(), listener.bind(metrics).await?));
+            bound.push((key, listener.entry(), listener.bind(metrics, task).await?));
         }
     }
     // Everything could be bound: from here on nothing fails.
@@ -265,7 +330,7 @@ async fn apply(
         if let Some(r) = running.get_mut(key).filter(|r| !listener.is(&r.config))
             && !bound.iter().any(|(k, ..)| k == key)
         {
-            listener.update(&r.serve, metrics);
+            listener.update(&r.serve, metrics, task);
             r.config = listener.entry();
         }
     }
@@ -273,4 +338,74 @@ async fn apply(
         running.insert(key, start(listener, entry, drain, limit));
     }
     Ok(())
+}
+
+/// Brings the hosts file, if the proxy keeps one, up to date with `config`'s aliases. A file that
+/// cannot be written costs the app its names, not the proxy its config: the failure is logged,
+/// and the next config tries again. (A few hundred bytes of a local file: written inline.)
+fn list_aliases(hosts: &mut Option<HostsFile>, config: &ProxyConfig) {
+    let Some(hosts) = hosts else { return };
+    match hosts.update(hosts::aliases(&config.outbound)) {
+        Ok(true) => info!(path = %hosts.path().display(), "hosts file updated"),
+        Ok(false) => {}
+        Err(error) => warn!(path = %hosts.path().display(), %error, "cannot update the hosts file"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(aliases: &[(&str, SocketAddr)]) -> ProxyConfig {
+        let mut yaml = "admin: 127.0.0.1:0\ndrainWaitSeconds: 0\noutbound:\n".to_owned();
+        for (name, listen) in aliases {
+            yaml += &format!(
+                "  - {{ dnsName: {name}, listen: \"{listen}\", appProtocol: tcp, endpoints: [\"127.0.0.1:1\"] }}\n"
+            );
+        }
+        ProxyConfig::parse("test.yaml", &yaml).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_hosts_file_follows_the_configs_applied() {
+        let path = std::env::temp_dir().join(format!("tether-proxy-hosts-{}", std::process::id()));
+        std::fs::write(&path, "127.0.0.1\tlocalhost\n").unwrap();
+        let hosts = HostsFile::open(&path).unwrap();
+        let (a, b) = (([127, 0, 0, 1], 0).into(), ([127, 0, 0, 2], 0).into());
+        let proxy = Proxy::bind(config(&[("a", a)])).await.unwrap().keep_hosts_file(hosts);
+        let (updates, incoming) = mpsc::channel(1);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(proxy.run_with_updates(
+            async {
+                let _ = stopped.await;
+            },
+            incoming,
+        ));
+        let apply = |config| {
+            let updates = updates.clone();
+            async move {
+                let (done, applied) = oneshot::channel();
+                updates.send(Update { config, done }).await.unwrap();
+                applied.await.unwrap()
+            }
+        };
+        let both = "127.0.0.1\tlocalhost\n# tether: client aliases\n127.0.0.1\ta\n127.0.0.2\tb\n";
+
+        apply(config(&[("a", a), ("b", b)])).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), both);
+        // A config that cannot be served changes nothing, the hosts file included.
+        let taken = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+        let refused = apply(config(&[("a", a), ("c", taken.local_addr().unwrap())])).await;
+        assert!(refused.is_err());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), both);
+        apply(config(&[("b", b)])).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "127.0.0.1\tlocalhost\n# tether: client aliases\n127.0.0.2\tb\n"
+        );
+
+        drop(stop);
+        running.await.unwrap();
+        let _ = std::fs::remove_file(&path);
+    }
 }

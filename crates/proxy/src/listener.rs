@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 use crate::drain::{Phase, Watch};
 use crate::http::Route;
 use crate::http::server::{self, Peer};
+use crate::netns::Network;
 use crate::tcp::TcpRoute;
 
 /// What a listener does with its connections. Clones share the routes, so a route updated
@@ -23,6 +24,24 @@ use crate::tcp::TcpRoute;
 pub enum Serve {
     Http { route: Arc<Route>, peer: Peer },
     Tcp(Arc<TcpRoute>),
+}
+
+impl Serve {
+    pub fn is_http(&self) -> bool {
+        matches!(self, Self::Http { .. })
+    }
+
+    /// Makes routes just built connect to their endpoints from `network`.
+    pub fn connecting_from(mut self, network: &Network) -> Self {
+        fn fresh<T>(route: &mut Arc<T>) -> &mut T {
+            Arc::get_mut(route).expect("a route just built is not shared yet")
+        }
+        match &mut self {
+            Self::Http { route, .. } => fresh(route).connect_from(network.clone()),
+            Self::Tcp(route) => fresh(route).connect_from(network.clone()),
+        }
+        self
+    }
 }
 
 pub struct Listener {
@@ -59,13 +78,15 @@ impl ConnectionLimit {
 }
 
 impl Listener {
+    /// Binds `addr` in `network`.
     pub async fn bind(
         kind: &'static str,
         name: &str,
         addr: SocketAddr,
         serve: Serve,
+        network: &Network,
     ) -> Result<Self, BindError> {
-        let socket = bind(kind, name, addr).await?;
+        let socket = bind(kind, name, addr, network).await?;
         Ok(Self { kind, name: name.to_owned(), socket, serve: Arc::new(ArcSwap::from_pointee(serve)) })
     }
 
@@ -132,6 +153,11 @@ impl Listener {
     }
 }
 
-pub async fn bind(kind: &'static str, name: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError { kind, name: name.to_owned(), addr, source })
+pub async fn bind(
+    kind: &'static str,
+    name: &str,
+    addr: SocketAddr,
+    network: &Network,
+) -> Result<TcpListener, BindError> {
+    network.bind(addr).await.map_err(|source| BindError { kind, name: name.to_owned(), addr, source })
 }

@@ -20,6 +20,7 @@ use tracing::debug;
 use crate::balance::{Balancer, Load};
 use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
+use crate::netns::Network;
 use crate::resilience::{Outcome, OutlierState, Outliers};
 use crate::upstream::connect;
 use tether_model::{LoadBalancing, OutlierDetection, Timeouts};
@@ -32,6 +33,8 @@ pub struct TcpRoute {
     name: String,
     current: ArcSwap<TcpRouting>,
     metrics: ListenerMetrics,
+    /// Where connections to the endpoints are made from; the host's unless told otherwise.
+    network: Network,
 }
 
 /// How a tcp route treats its endpoints.
@@ -65,7 +68,12 @@ impl TcpRoute {
         metrics: ListenerMetrics,
     ) -> Self {
         let routing = TcpRouting::build(endpoints, settings, None, &metrics);
-        Self { name, current: ArcSwap::from_pointee(routing), metrics }
+        Self { name, current: ArcSwap::from_pointee(routing), metrics, network: Network::Host }
+    }
+
+    /// Connects to the endpoints from `network` (the app's namespace, for an inbound route).
+    pub fn connect_from(&mut self, network: Network) {
+        self.network = network;
     }
 
     /// Sends new connections by `settings` to `endpoints`; see [`crate::http::Route::update`].
@@ -126,7 +134,7 @@ impl TcpRoute {
             let i = choice.index;
             let endpoint = &r.endpoints[i];
             let start = Instant::now();
-            let connected = connect(endpoint.addr, connect_timeout).await;
+            let connected = connect(endpoint.addr, connect_timeout, &self.network).await;
             // A connect that failed or timed out is latency too (see http::Route::forward).
             endpoint.load.observe_attempt(start.elapsed(), connected.is_ok(), connect_timeout);
             match connected {

@@ -6,6 +6,7 @@ mod inspect;
 mod proxy;
 mod server;
 mod signal;
+mod validate;
 
 /// A proxy allocates and frees small buffers on every request; mimalloc does that with less
 /// work than glibc's allocator (one hop: about a fifth more requests per second). It is built
@@ -36,6 +37,7 @@ enum Command {
     Server(server::Args),
     Services(inspect::ServicesArgs),
     Endpoints(inspect::EndpointsArgs),
+    Validate(validate::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,5 +53,6 @@ fn main() -> ExitCode {
         Command::Server(args) => server::main(args),
         Command::Services(args) => inspect::services(args),
         Command::Endpoints(args) => inspect::endpoints(args),
+        Command::Validate(args) => validate::main(args),
     }
 }

@@ -1,12 +1,13 @@
 //! `tether proxy`: run a sidecar (or a plain client-side load balancer) from a static file, or
 //! a sidecar fed by the control plane.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use tether_model::ProxyConfig;
-use tether_proxy::Proxy;
+use tether_proxy::{BindError, HostsFile, Netns, Network, Proxy};
 use tracing::{error, info, warn};
 
 /// The exit status for a config that cannot be used (EX_USAGE).
@@ -33,6 +34,14 @@ const EXIT_BAD_CONFIG: u8 = 64;
 /// plane cannot be reached, also after a restart:
 ///
 ///   tether proxy --server http://127.0.0.1:7700 --namespace shop --service web --task web-1
+///
+/// For a task in a sandbox of its own (either way of taking the config), --netns names the
+/// task's network namespace: the proxy stays in the host's and makes the outbound listeners
+/// and its connections to the app inside the task's, so the app's only way out is through
+/// the proxy, and two tasks can use the same port. --hosts-file keeps the file the app sees as
+/// /etc/hosts listing the client aliases:
+///
+///   tether proxy --config task.yaml --netns /run/netns/web-1 --hosts-file /run/tether/web-1/hosts
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -66,6 +75,20 @@ pub struct Args {
     /// the alias's own address and port (several sidecars on one host without sandboxes).
     #[arg(long, value_name = "IP")]
     outbound_ip: Option<std::net::IpAddr>,
+    /// The task's network namespace: a namespace file such as /run/netns/NAME, /proc/PID/ns/net
+    /// or /proc/PID/fd/N. The outbound listeners and the connections to the app's port are
+    /// made inside it; the admin endpoint, the inbound listeners and the connections to other
+    /// sidecars and external services stay in the proxy's own namespace. Needs CAP_SYS_ADMIN.
+    /// Without it, every socket is in the proxy's own namespace.
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
+    /// A hosts file to keep listing the client aliases, typically bind-mounted over the app's
+    /// /etc/hosts. What it holds when the proxy starts stays at its top; below comes a
+    /// `# tether: client aliases` line and one `IP<TAB>dnsName` line per outbound listener on
+    /// a 127.0.0.0/8 address, sorted by name. It is rewritten in place (same inode, so a bind
+    /// mount sees it) once the listeners of a config are bound, whenever the aliases change.
+    #[arg(long, value_name = "PATH")]
+    hosts_file: Option<PathBuf>,
     /// Worker threads; 1 runs everything on one thread, the lightest footprint.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: u16,
@@ -78,8 +101,10 @@ pub fn main(args: Args) -> ExitCode {
     if let Some(server) = args.server.clone() {
         return fed::main(args, server);
     }
-    let config = match load(&args) {
-        Ok(config) => config,
+    let (config, sandbox) = match load(&args)
+        .and_then(|config| Ok((config, Sandbox::open(args.netns.as_deref(), args.hosts_file.as_deref())?)))
+    {
+        Ok(loaded) => loaded,
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::from(EXIT_BAD_CONFIG);
@@ -89,7 +114,7 @@ pub fn main(args: Args) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&config).expect("the config serializes"));
         return ExitCode::SUCCESS;
     }
-    match run(config, args.threads) {
+    match run(config, sandbox, args.threads) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -116,12 +141,48 @@ fn runtime(threads: u16) -> anyhow::Result<tokio::runtime::Runtime> {
     .context("starting the runtime")
 }
 
-fn run(config: ProxyConfig, threads: u16) -> anyhow::Result<()> {
+fn run(config: ProxyConfig, sandbox: Sandbox, threads: u16) -> anyhow::Result<()> {
     runtime(threads)?.block_on(async {
-        let proxy = Proxy::bind(config).await?;
-        proxy.run(crate::signal::shutdown()).await;
+        let proxy = sandbox.bind(config).await?;
+        sandbox.keep_hosts_file(proxy).run(crate::signal::shutdown()).await;
         Ok(())
     })
+}
+
+/// The task sandbox the proxy serves (--netns, --hosts-file), opened before anything is bound.
+struct Sandbox {
+    network: Network,
+    hosts: Option<HostsFile>,
+}
+
+impl Sandbox {
+    /// A message for the user when a path cannot be used.
+    fn open(netns: Option<&Path>, hosts_file: Option<&Path>) -> Result<Self, String> {
+        let network = match netns {
+            Some(path) => {
+                let netns = Netns::open(path).map_err(|e| format!("--netns: {e}"))?;
+                info!(netns = %path.display(), "outbound listeners and connections to the app are in the task's network namespace");
+                Network::Task(Arc::new(netns))
+            }
+            None => Network::Host,
+        };
+        let hosts = match hosts_file {
+            Some(path) => Some(HostsFile::open(path).map_err(|e| format!("--hosts-file: {e}"))?),
+            None => None,
+        };
+        Ok(Self { network, hosts })
+    }
+
+    async fn bind(&self, config: ProxyConfig) -> Result<Proxy, BindError> {
+        Proxy::bind_in(config, self.network.clone()).await
+    }
+
+    fn keep_hosts_file(self, proxy: Proxy) -> Proxy {
+        match self.hosts {
+            Some(hosts) => proxy.keep_hosts_file(hosts),
+            None => proxy,
+        }
+    }
 }
 
 /// `tether proxy --server`: the config comes from the control plane.
@@ -159,6 +220,13 @@ mod fed {
             eprintln!("{}", mistakes.join("\n"));
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
+        let sandbox = match Sandbox::open(args.netns.as_deref(), args.hosts_file.as_deref()) {
+            Ok(sandbox) => sandbox,
+            Err(message) => {
+                eprintln!("{message}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
+        };
         let settings = Settings {
             servers,
             token,
@@ -169,7 +237,7 @@ mod fed {
             state_dir,
             outbound_ip: args.outbound_ip,
         };
-        match runtime(args.threads).and_then(|rt| rt.block_on(run(settings))) {
+        match runtime(args.threads).and_then(|rt| rt.block_on(run(settings, sandbox))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!("{e:#}");
@@ -178,19 +246,19 @@ mod fed {
         }
     }
 
-    async fn run(settings: Settings) -> anyhow::Result<()> {
+    async fn run(settings: Settings, sandbox: Sandbox) -> anyhow::Result<()> {
         let mut discovery = Discovery::new(settings);
         let saved = discovery.load_saved()?;
         let (updates, mut incoming) = tokio::sync::mpsc::channel(1);
         tokio::spawn(discovery.run(updates));
         let proxy = match saved {
-            Some(config) => Proxy::bind(config).await?,
+            Some(config) => sandbox.bind(config).await?,
             None => loop {
                 info!("waiting for the first config from the control plane");
                 let Some(first) = incoming.recv().await else {
                     anyhow::bail!("the config stream ended before the first config");
                 };
-                match Proxy::bind(first.config).await {
+                match sandbox.bind(first.config).await {
                     Ok(proxy) => {
                         let _ = first.done.send(Ok(()));
                         break proxy;
@@ -202,6 +270,7 @@ mod fed {
                 }
             },
         };
+        let proxy = sandbox.keep_hosts_file(proxy);
         proxy.run_with_updates(crate::signal::shutdown(), incoming).await;
         Ok(())
     }

@@ -28,6 +28,7 @@ use crate::balance::{Balancer, Load};
 use crate::body::{OnEnd, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
+use crate::netns::Network;
 use crate::resilience::{Outcome, OutlierState, Outliers, RetryBudget};
 use crate::upstream::{self, ClientConfig, HttpClient, Pending, Pooled, SendError, Sent};
 use server::ActiveRequest;
@@ -90,6 +91,8 @@ pub struct Route {
     current: ArcSwap<Routing>,
     in_flight: Arc<AtomicU32>,
     metrics: ListenerMetrics,
+    /// Where new connections to the endpoints are made from; the host's unless told otherwise.
+    network: Network,
 }
 
 /// A route's endpoints and settings, as of one config.
@@ -118,7 +121,13 @@ impl Route {
             current: ArcSwap::from_pointee(routing),
             in_flight: Arc::new(AtomicU32::new(0)),
             metrics,
+            network: Network::Host,
         }
+    }
+
+    /// Connects to the endpoints from `network` (the app's namespace, for an inbound route).
+    pub fn connect_from(&mut self, network: Network) {
+        self.network = network;
     }
 
     /// Routes new requests by `settings` to `endpoints`. With the same settings, endpoints that
@@ -243,7 +252,7 @@ impl Route {
                 }
             });
             let again = again.as_ref().map(|f| f as &upstream::Again<'_>);
-            let send = endpoint.client.send(req, again);
+            let send = endpoint.client.send(req, again, &self.network);
             let sent = match deadline {
                 Some(at) => tokio::time::timeout_at(at, send).await,
                 None => Ok(send.await),

@@ -14,6 +14,7 @@ use tracing::debug;
 use super::{ClientConfig, Connections, Pending, Sent, connect};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::netns::Network;
 
 /// Idle connections kept per endpoint at the most.
 const MAX_IDLE: usize = 512;
@@ -73,7 +74,7 @@ impl Pool {
 
     /// Every connection is busy and no more may be opened: waits, as one of at most
     /// `maxPendingRequests`, for one to come back or to close.
-    async fn wait_for_connection(&self) -> Result<SendRequest<ProxyBody>, ProxyError> {
+    async fn wait_for_connection(&self, network: &Network) -> Result<SendRequest<ProxyBody>, ProxyError> {
         let _waiting = self.0.pending.enter()?;
         loop {
             let returned = self.0.returned.notified();
@@ -85,15 +86,19 @@ impl Pool {
             tokio::select! {
                 () = returned => {}
                 permit = self.0.permits.clone().acquire_owned() => {
-                    return self.connect(permit.expect("the semaphore is never closed")).await;
+                    return self.connect(permit.expect("the semaphore is never closed"), network).await;
                 }
             }
         }
     }
 
-    async fn connect(&self, permit: OwnedSemaphorePermit) -> Result<SendRequest<ProxyBody>, ProxyError> {
+    async fn connect(
+        &self,
+        permit: OwnedSemaphorePermit,
+        network: &Network,
+    ) -> Result<SendRequest<ProxyBody>, ProxyError> {
         let addr = self.0.addr;
-        let io = TokioIo::new(connect(addr, self.0.connect_timeout).await?);
+        let io = TokioIo::new(connect(addr, self.0.connect_timeout, network).await?);
         let (tx, conn) = Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD)
             .handshake(io)
@@ -128,10 +133,10 @@ impl Connections for Pool {
         None
     }
 
-    async fn open(&self) -> Result<Self::Conn, ProxyError> {
+    async fn open(&self, network: &Network) -> Result<Self::Conn, ProxyError> {
         match self.0.permits.clone().try_acquire_owned() {
-            Ok(permit) => self.connect(permit).await,
-            Err(_) => self.wait_for_connection().await,
+            Ok(permit) => self.connect(permit, network).await,
+            Err(_) => self.wait_for_connection(network).await,
         }
     }
 

@@ -12,6 +12,7 @@ use tracing::debug;
 use super::{Connections, Sent, connect};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::netns::Network;
 
 /// One multiplexed HTTP/2 connection to an endpoint, opened on first use and replaced when it
 /// closes.
@@ -46,9 +47,9 @@ impl Connections for Shared {
         }
     }
 
-    async fn open(&self) -> Result<Self::Conn, ProxyError> {
+    async fn open(&self, network: &Network) -> Result<Self::Conn, ProxyError> {
         let addr = self.addr;
-        let io = TokioIo::new(connect(addr, self.connect_timeout).await?);
+        let io = TokioIo::new(connect(addr, self.connect_timeout, network).await?);
         let (tx, conn) = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)

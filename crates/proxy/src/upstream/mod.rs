@@ -21,6 +21,7 @@ use tracing::debug;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
+use crate::netns::Network;
 pub use http1::Pooled;
 
 /// How to reach one endpoint over HTTP.
@@ -99,18 +100,29 @@ impl HttpClient {
         }
     }
 
-    /// Sends `req`. `again` makes the same request anew when the caller keeps a copy; without
-    /// it a body-less idempotent request is copied here, in case a reused connection fails.
-    pub async fn send(&self, req: Request<ProxyBody>, again: Option<&Again<'_>>) -> Result<Sent, SendError> {
+    /// Sends `req`, on a new connection from `network` if one is needed. `again` makes the same
+    /// request anew when the caller keeps a copy; without it a body-less idempotent request is
+    /// copied here, in case a reused connection fails.
+    pub async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        again: Option<&Again<'_>>,
+        network: &Network,
+    ) -> Result<Sent, SendError> {
         match self {
-            Self::Http1(pool) => send(pool, req, again).await,
-            Self::Http2(shared) => send(shared, req, again).await,
+            Self::Http1(pool) => send(pool, req, again, network).await,
+            Self::Http2(shared) => send(shared, req, again, network).await,
         }
     }
 }
 
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+/// Connects to `addr` from `network` (see `ListenerConfig::sockets` for which one).
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    network: &Network,
+) -> Result<TcpStream, ProxyError> {
+    match tokio::time::timeout(timeout, network.connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)
@@ -126,7 +138,7 @@ trait Connections: Sync {
     fn addr(&self) -> SocketAddr;
     /// An open connection to reuse, if there is one.
     fn reuse(&self) -> Option<Self::Conn>;
-    fn open(&self) -> impl Future<Output = Result<Self::Conn, ProxyError>> + Send;
+    fn open(&self, network: &Network) -> impl Future<Output = Result<Self::Conn, ProxyError>> + Send;
     fn try_send(
         conn: &mut Self::Conn,
         req: Request<ProxyBody>,
@@ -141,10 +153,11 @@ async fn send<C: Connections>(
     c: &C,
     req: Request<ProxyBody>,
     again: Option<&Again<'_>>,
+    network: &Network,
 ) -> Result<Sent, SendError> {
     let (mut conn, reused) = match c.reuse() {
         Some(conn) => (conn, true),
-        None => match c.open().await {
+        None => match c.open(network).await {
             Ok(conn) => (conn, false),
             Err(error) => return Err(SendError { error, request: Some(req) }),
         },
@@ -165,7 +178,7 @@ async fn send<C: Connections>(
         Some(again) if reused => {
             debug!(endpoint = %c.addr(), %error, "reused connection closed; sending again on a fresh one");
             c.discard();
-            let mut conn = match c.open().await {
+            let mut conn = match c.open(network).await {
                 Ok(conn) => conn,
                 Err(error) => return Err(SendError { error, request: Some(again) }),
             };
