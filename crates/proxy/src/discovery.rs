@@ -46,6 +46,11 @@ pub struct Settings {
     /// instead of the alias's own address and port (several sidecars on one host without
     /// sandboxes).
     pub outbound_ip: Option<IpAddr>,
+    /// An edge proxy: it serves the namespace's published ports instead of a task's listeners.
+    pub edge: bool,
+    /// How long draining keeps serving new connections (`drainWaitSeconds`); `None` keeps the
+    /// default.
+    pub drain_wait_seconds: Option<f64>,
 }
 
 /// Checks a control-plane URL as `--server` takes it: `http://HOST:PORT`.
@@ -148,6 +153,7 @@ impl Discovery {
             service: self.settings.service.clone(),
             task: self.settings.task.clone(),
             version: self.snapshot.version,
+            edge: self.settings.edge,
         };
         let _ = send.send(message(proxy_message::Kind::Hello(hello))).await;
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
@@ -249,12 +255,15 @@ impl Discovery {
         let of = |prefix: &str| -> Vec<&serde_json::Value> {
             snapshot.resources.iter().filter(|(name, _)| name.starts_with(prefix)).map(|(_, v)| v).collect()
         };
-        let document = serde_json::json!({
+        let mut document = serde_json::json!({
             "admin": self.settings.admin.to_string(),
             "service": self.settings.service,
             "inbound": of(resource::INBOUND),
             "outbound": of(resource::OUTBOUND),
         });
+        if let Some(wait) = self.settings.drain_wait_seconds {
+            document["drainWaitSeconds"] = wait.into();
+        }
         let name = format!("config version {}", snapshot.version);
         let mut config =
             ProxyConfig::parse_streamed(&name, &document.to_string()).map_err(|errors| errors.to_string())?;

@@ -75,9 +75,15 @@ impl ControlClient {
         Ok(list.services)
     }
 
-    pub async fn put_service(&self, ns: &str, name: &str, spec: &ServiceSpec) -> Result<(), ApiError> {
-        self.call::<Value>(Method::PUT, &format!("/v1/namespaces/{ns}/services/{name}"), Some(spec)).await?;
-        Ok(())
+    /// Stores a service's spec; returns its new revision.
+    pub async fn put_service(&self, ns: &str, name: &str, spec: &ServiceSpec) -> Result<u64, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            revision: u64,
+        }
+        let path = format!("/v1/namespaces/{ns}/services/{name}");
+        let stored: Stored = self.call(Method::PUT, &path, Some(spec)).await?;
+        Ok(stored.revision)
     }
 
     pub async fn delete_service(&self, ns: &str, name: &str) -> Result<(), ApiError> {

@@ -177,6 +177,61 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// One standalone task of `service` running `command` (`tether run`), until it exits or
+    /// `shutdown`: the service's spec (ports, health check, sandbox) with this command, outside
+    /// `desiredCount`. `Ok(None)` when it was stopped, `Ok(Some(why))` when it failed.
+    pub async fn run_one(
+        self,
+        service: &str,
+        command: Vec<String>,
+        on_healthy: impl FnOnce(&str),
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Option<String>, ApiError> {
+        let ctx = self.ctx.clone();
+        let entry = ctx.client.services(&ctx.namespace).await?.into_iter().find(|s| s.name == service);
+        let Some(entry) = entry else {
+            return Err(ApiError::Refused {
+                method: http::Method::GET,
+                path: format!("/v1/namespaces/{}/services/{service}", ctx.namespace),
+                status: http::StatusCode::NOT_FOUND,
+                message: format!("namespace {} has no service `{service}`; create it first (tether up, or PUT it)", ctx.namespace),
+            });
+        };
+        let mut spec = entry.spec;
+        spec.command = command;
+        spec.desired_count = None;
+        let version = Version::new(entry.revision, service, &ctx.namespace, spec).ok_or_else(|| ApiError::Malformed {
+            path: service.to_owned(),
+            reason: "the service cannot run tasks (an external service?)".into(),
+        })?;
+        let keeper = tokio::spawn(keep_lease(ctx.client.clone(), self.lease));
+        let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let id = format!("{service}-run-{:06x}", fastrand::u32(..0x100_0000));
+        let mut handle = task::start(ctx.clone(), version, id.clone(), events);
+        let mut on_healthy = Some(on_healthy);
+        tokio::pin!(shutdown);
+        let outcome = loop {
+            tokio::select! {
+                () = &mut shutdown, if !handle.stopping() => handle.stop(),
+                event = received.recv() => match event {
+                    Some((_, task::TaskEvent::Healthy)) => {
+                        if let Some(f) = on_healthy.take() {
+                            f(&id);
+                        }
+                    }
+                    Some((_, task::TaskEvent::Exited(why))) => break why,
+                    None => break Some("the task vanished".into()),
+                },
+            }
+        };
+        keeper.abort();
+        let lease = *ctx.lease.borrow();
+        let _ = ctx.client.revoke_lease(lease).await;
+        Ok(outcome)
+    }
+}
+
 /// Renews the lease at a third of its life; takes a new one when it was lost (the control
 /// plane was away longer than the TTL), which makes every task register again.
 async fn keep_lease(client: ControlClient, lease: watch::Sender<i64>) {
@@ -245,6 +300,6 @@ async fn start_edge(ctx: &Context) -> std::io::Result<TaskProcess> {
         .arg(dir.join("proxy"))
         .args(["--drain-wait", &ctx.drain_wait.as_secs_f64().to_string()])
         .env("TETHER_TOKEN", &ctx.token)
-        .env("RUST_LOG", "warn");
+        .env("TETHER_LOG", "warn");
     TaskProcess::spawn(command, &logs.join("edge.log"), None).await
 }

@@ -37,7 +37,6 @@ pub enum TaskEvent {
 
 /// The supervisor's hold on a running task.
 pub struct TaskHandle {
-    pub id: String,
     pub version: Arc<Version>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -62,7 +61,7 @@ pub fn start(
     events: mpsc::UnboundedSender<(String, TaskEvent)>,
 ) -> TaskHandle {
     let (stop, stopped) = oneshot::channel();
-    let handle = TaskHandle { id: id.clone(), version: version.clone(), stop: Some(stop) };
+    let handle = TaskHandle { version: version.clone(), stop: Some(stop) };
     tokio::spawn(async move {
         let mut task = Task::new(ctx, version, id.clone());
         let outcome = task.run(&events, stopped).await;
@@ -148,7 +147,8 @@ impl Task {
                         _ => {}
                     }
                     if !self.healthy && now >= grace_ends {
-                        if verdicts.unhealthy() {
+                        // A port probe fails until the app listens: only its deadline counts.
+                        if verdicts.unhealthy() && matches!(check, Check::Command(_)) {
                             return Err(format!("its health check kept failing: {last_failure}"));
                         }
                         if matches!(check, Check::Port(_)) && now - started > PORT_PROBE_DEADLINE {
@@ -199,7 +199,7 @@ impl Task {
             .arg(self.dir.join("proxy"))
             .args(["--drain-wait", &self.ctx.drain_wait.as_secs_f64().to_string()])
             .env("TETHER_TOKEN", &self.ctx.token)
-            .env("RUST_LOG", "warn");
+            .env("TETHER_LOG", "warn");
         if let (Some(netns), Some(hosts)) = (sandbox.netns_path(), sandbox.hosts_file()) {
             sidecar.arg("--netns").arg(netns).arg("--hosts-file").arg(hosts);
         }

@@ -2,6 +2,7 @@
 //! the libraries.
 
 mod api_client;
+mod app;
 mod inspect;
 mod proxy;
 mod server;
@@ -24,9 +25,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "tether", version, propagate_version = true)]
 struct Cli {
-    /// Log level: error, warn, info, debug or trace.
-    #[arg(long, global = true, env = "TETHER_LOG", default_value = "info")]
-    log_level: tracing::Level,
+    /// Log level: error, warn, info, debug or trace. Default: warn for the commands that run an
+    /// application (up, deploy, run, …), whose progress is printed, info for the others.
+    #[arg(long, global = true, env = "TETHER_LOG")]
+    log_level: Option<tracing::Level>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,12 +40,23 @@ enum Command {
     Services(inspect::ServicesArgs),
     Endpoints(inspect::EndpointsArgs),
     Validate(validate::Args),
+    Up(app::up::Args),
+    Deploy(app::deploy::Args),
+    Down(app::inspect::DownArgs),
+    Ps(app::inspect::PsArgs),
+    Logs(app::inspect::LogsArgs),
+    Run(app::run::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let quiet_by_default = matches!(
+        cli.command,
+        Command::Up(_) | Command::Deploy(_) | Command::Down(_) | Command::Ps(_) | Command::Logs(_) | Command::Run(_)
+    );
+    let default_level = if quiet_by_default { tracing::Level::WARN } else { tracing::Level::INFO };
     tracing_subscriber::fmt()
-        .with_max_level(cli.log_level)
+        .with_max_level(cli.log_level.unwrap_or(default_level))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
@@ -54,5 +67,11 @@ fn main() -> ExitCode {
         Command::Services(args) => inspect::services(args),
         Command::Endpoints(args) => inspect::endpoints(args),
         Command::Validate(args) => validate::main(args),
+        Command::Up(args) => app::up::main(args),
+        Command::Deploy(args) => app::deploy::main(args),
+        Command::Down(args) => app::inspect::down(args),
+        Command::Ps(args) => app::inspect::ps(args),
+        Command::Logs(args) => app::inspect::logs(args),
+        Command::Run(args) => app::run::main(args),
     }
 }

@@ -50,7 +50,7 @@ pub struct Args {
     config: Option<PathBuf>,
     /// The control plane to take the config from, e.g. http://127.0.0.1:7700; several replicas
     /// comma-separated, tried in turn when the one in use fails.
-    #[arg(long, value_name = "URL[,URL…]", requires_all = ["namespace", "service", "task"])]
+    #[arg(long, value_name = "URL[,URL…]", requires_all = ["namespace", "task"])]
     server: Option<String>,
     /// The bearer token for the control plane (with --server).
     #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
@@ -58,9 +58,17 @@ pub struct Args {
     /// The namespace of the task this sidecar serves.
     #[arg(long)]
     namespace: Option<String>,
-    /// The service of the task this sidecar serves.
-    #[arg(long)]
+    /// The service of the task this sidecar serves (with --server, unless --edge).
+    #[arg(long, required_unless_present_any = ["config", "edge"])]
     service: Option<String>,
+    /// Serve the namespace's published ports (`publish` in the spec) instead of a task's
+    /// listeners: the host's edge, which `tether up` starts (with --server).
+    #[arg(long, requires = "server", conflicts_with = "service")]
+    edge: bool,
+    /// How long a draining proxy keeps serving new connections while its removal reaches the
+    /// callers, in seconds (with --server; a config file names its own). Default 20.
+    #[arg(long, value_name = "SECONDS", requires = "server")]
+    drain_wait: Option<f64>,
     /// The task this sidecar serves.
     #[arg(long)]
     task: Option<String>,
@@ -191,8 +199,9 @@ mod fed {
     use tether_proxy::discovery::{Discovery, Settings};
 
     pub fn main(args: Args, server: String) -> ExitCode {
-        let (Some(namespace), Some(service), Some(task)) = (args.namespace, args.service, args.task) else {
-            unreachable!("clap requires --namespace, --service and --task with --server");
+        let service = if args.edge { Some("edge".to_owned()) } else { args.service };
+        let (Some(namespace), Some(service), Some(task)) = (args.namespace, service, args.task) else {
+            unreachable!("clap requires --namespace, --service (or --edge) and --task with --server");
         };
         let Some(token) = args.token else {
             eprintln!("no token: pass --token or set TETHER_TOKEN");
@@ -236,6 +245,8 @@ mod fed {
             admin: args.admin,
             state_dir,
             outbound_ip: args.outbound_ip,
+            edge: args.edge,
+            drain_wait_seconds: args.drain_wait,
         };
         match runtime(args.threads).and_then(|rt| rt.block_on(run(settings, sandbox))) {
             Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,8 @@ pub struct Change {
     pub inbound: Vec<((String, String), Resources)>,
     /// Everything may have changed (a relist): streams resend their whole view.
     pub everything: bool,
+    /// The service whose spec changed, if one did.
+    pub spec_changed: Option<String>,
 }
 
 /// The resources of one namespace as of its last change.
@@ -40,6 +42,22 @@ pub struct State {
 impl State {
     pub fn inbound(&self, service: &str, task: &str) -> Resources {
         resources::inbound(&self.snapshot, service, task)
+    }
+
+    /// The outbound resources a task of `service` must not get: its own service's aliases on
+    /// a port its app listens on. Inside the task's sandbox the app binds that port (often on
+    /// every address), which a listener on the alias's address would take from it.
+    pub fn reserved(&self, service: &str) -> std::collections::BTreeSet<String> {
+        let Some(record) = self.snapshot.services.get(service) else { return Default::default() };
+        let service = &record.service;
+        let ports: BTreeSet<u16> = service.ports.iter().map(|p| p.container_port).collect();
+        service
+            .discovery
+            .iter()
+            .flat_map(|d| &d.client_aliases)
+            .filter(|a| ports.contains(&a.port))
+            .map(|a| format!("{}{}", tether_api::resource::OUTBOUND, a.dns_name))
+            .collect()
     }
 
     fn rebuild(&mut self, snapshot: Snapshot) {
@@ -66,6 +84,7 @@ impl State {
         let mut change = Change::default();
         match touched {
             Touched::Service(name) => {
+                change.spec_changed = Some(name.clone());
                 // A spec changes aliases, addresses and settings: everything outbound is
                 // worked out again (specs change rarely), and the service's tasks' inbound.
                 let before = std::mem::take(&mut self.outbound);

@@ -95,7 +95,8 @@ async fn serve(
     mut incoming: Streaming<ProxyMessage>,
     updates: mpsc::Sender<Result<ConfigUpdate, Status>>,
 ) {
-    let me = (hello.service.clone(), hello.task.clone());
+    let mut me =
+        Me { service: hello.service.clone(), task: hello.task.clone(), edge: hello.edge, reserved: Default::default() };
     let mut loaded = followed.loaded.subscribe();
     tokio::select! {
         result = loaded.wait_for(|loaded| *loaded) => if result.is_err() { return },
@@ -103,7 +104,7 @@ async fn serve(
     }
     let mut sent = Sent::new();
     let mut version = 0;
-    let (mut changes, view) = resubscribe(&followed, &me);
+    let (mut changes, view) = resubscribe(&followed, &mut me);
     let first = delta(&mut sent, view);
     version += 1;
     let snapshot =
@@ -130,11 +131,11 @@ async fn serve(
                     }
                 }
                 let resync = pending.iter().any(|c| match c {
-                    Ok(change) => change.everything,
+                    Ok(change) => change.everything || change.spec_changed.as_ref() == Some(&me.service),
                     Err(_) => true,
                 });
                 let update = if resync {
-                    let (fresh, view) = resubscribe(&followed, &me);
+                    let (fresh, view) = resubscribe(&followed, &mut me);
                     changes = fresh;
                     delta(&mut sent, view)
                 } else {
@@ -157,15 +158,41 @@ async fn serve(
 
 /// Subscribes to the namespace's changes and reads the proxy's whole view under one lock, so
 /// that the changes received afterwards are exactly those after the view.
-fn resubscribe(
-    followed: &Followed,
-    (service, task): &(String, String),
-) -> (broadcast::Receiver<Arc<Change>>, Resources) {
+fn resubscribe(followed: &Followed, me: &mut Me) -> (broadcast::Receiver<Arc<Change>>, Resources) {
     let state: std::sync::MutexGuard<'_, State> = followed.state.lock().expect("never poisoned");
     let changes = followed.changes.subscribe();
-    let mut view = state.outbound.clone();
-    view.extend(state.inbound(service, task));
+    if !me.edge {
+        me.reserved = state.reserved(&me.service);
+    }
+    let mut view: Resources =
+        state.outbound.iter().filter(|(name, _)| me.wants(name)).map(|(n, b)| (n.clone(), b.clone())).collect();
+    if !me.edge {
+        view.extend(state.inbound(&me.service, &me.task));
+    }
     (changes, view)
+}
+
+/// Who is at the other end of a stream.
+struct Me {
+    service: String,
+    task: String,
+    /// An edge proxy: published ports only, no task listeners.
+    edge: bool,
+    /// Outbound resources this proxy does not get (see [`State::reserved`]); worked out again
+    /// whenever its service's spec changes.
+    reserved: std::collections::BTreeSet<String>,
+}
+
+impl Me {
+    /// Whether this proxy gets the outbound resource `name`: edge proxies get the published
+    /// ports, every other proxy the client aliases.
+    fn wants(&self, name: &str) -> bool {
+        name.starts_with(tether_api::resource::PUBLISH) == self.edge && !self.reserved.contains(name)
+    }
+
+    fn owns(&self, (service, task): &(String, String)) -> bool {
+        !self.edge && *service == self.service && *task == self.task
+    }
 }
 
 /// The update that takes a proxy from what it was sent to `view`.
@@ -219,14 +246,14 @@ fn pieces(update: ConfigUpdate) -> Vec<ConfigUpdate> {
 }
 
 /// The update for a run of namespace changes, as far as they concern this proxy.
-fn apply_changes(sent: &mut Sent, me: &(String, String), changes: &[&Change]) -> ConfigUpdate {
+fn apply_changes(sent: &mut Sent, me: &Me, changes: &[&Change]) -> ConfigUpdate {
     let mut latest: BTreeMap<String, Option<Body>> = BTreeMap::new();
     for change in changes {
-        for (name, body) in &change.outbound {
+        for (name, body) in change.outbound.iter().filter(|(name, _)| me.wants(name)) {
             latest.insert(name.clone(), body.clone());
         }
         for (owner, inbound) in &change.inbound {
-            if owner != me {
+            if !me.owns(owner) {
                 continue;
             }
             let prefix = tether_api::resource::INBOUND;

@@ -1,0 +1,104 @@
+//! `tether deploy [FILE]`: apply a changed spec to a running `tether up`, and follow the
+//! rolling deployments it starts until they complete or roll back.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tether_runner::ControlClient;
+use tether_runner::status::DeploymentState;
+
+use super::load_spec;
+use super::session::{DataDir, Session, read_state};
+
+/// Apply a changed spec file to a running application: new task versions roll out within each
+/// service's minimumHealthyPercent / maximumPercent, new tasks healthy before old ones drain; a
+/// version whose tasks keep failing is rolled back. Waits and reports each service's outcome:
+/// exit 0 when every deployment completed, 1 when one was rolled back or failed.
+///
+/// Changes that need no new tasks (desiredCount, client aliases, timeouts, retries, services
+/// added or removed) apply at once.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The spec file.
+    #[arg(value_name = "FILE", default_value = "tether.yaml")]
+    file: PathBuf,
+    #[command(flatten)]
+    data: DataDir,
+    /// Give up waiting after this many seconds (the deployment goes on).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    timeout: u64,
+}
+
+pub fn main(args: Args) -> ExitCode {
+    let app = match load_spec(&args.file) {
+        Ok(app) => app,
+        Err(code) => return code,
+    };
+    super::run_async(async move {
+        let data = args.data.resolve(Some(&args.file));
+        let session = Session::find(&data)?;
+        if session.namespace != app.namespace {
+            anyhow::bail!(
+                "{} runs namespace {}, and the file describes {}: deploy to the `tether up` that runs it (--data)",
+                data.display(),
+                session.namespace,
+                app.namespace
+            );
+        }
+        let client = ControlClient::new(&session.server, &session.token);
+        let changed = super::apply(&client, &app, false).await?;
+        if changed.is_empty() {
+            println!("nothing changed");
+            return Ok(ExitCode::SUCCESS);
+        }
+        follow(&data, changed, Duration::from_secs(args.timeout)).await
+    })
+}
+
+/// Until every changed service runs its new revision, or its deployment ended otherwise.
+async fn follow(
+    data: &std::path::Path,
+    mut waiting: BTreeMap<String, u64>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut failed = false;
+    let mut said: BTreeMap<String, String> = BTreeMap::new();
+    while !waiting.is_empty() {
+        if started.elapsed() > timeout {
+            let names: Vec<&str> = waiting.keys().map(String::as_str).collect();
+            println!("still rolling out after {timeout:?}: {} (see `tether ps`)", names.join(", "));
+            return Ok(ExitCode::FAILURE);
+        }
+        let status = read_state(data).context("reading the runner's state")?;
+        waiting.retain(|name, revision| {
+            let Some(service) = status.services.get(name) else {
+                // Not run by the runner (an external service, or no command): nothing to roll.
+                return false;
+            };
+            let deployment = service.deployment.as_ref().filter(|d| d.to_revision == *revision);
+            let message = deployment.map(|d| d.message.clone()).unwrap_or_default();
+            if !message.is_empty() && said.get(name) != Some(&message) {
+                println!("{name}: {message}");
+                said.insert(name.clone(), message);
+            }
+            match deployment.map(|d| d.state) {
+                Some(DeploymentState::RolledBack | DeploymentState::Failed) => {
+                    failed = true;
+                    false
+                }
+                _ if service.revision >= *revision && service.settled() => {
+                    println!("{name}: revision {revision} running, {}/{} healthy", service.healthy(), service.desired);
+                    false
+                }
+                _ => true,
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
