@@ -4,6 +4,7 @@
 //! Everything binds to loopback with port 0 and reports the address the kernel chose, so tests
 //! run in parallel without racing for ports.
 
+pub mod app;
 mod backend;
 mod client;
 pub mod control;

@@ -17,23 +17,39 @@ pub struct LoggedChild {
 
 impl LoggedChild {
     /// Starts `command` with stdin and stdout closed and stderr collected.
-    pub fn spawn(mut command: Command) -> anyhow::Result<Self> {
+    pub fn spawn(command: Command) -> anyhow::Result<Self> {
+        Self::start(command, false)
+    }
+
+    /// Starts `command` with stdin closed and both stdout and stderr collected, in one log.
+    pub fn spawn_with_stdout(command: Command) -> anyhow::Result<Self> {
+        Self::start(command, true)
+    }
+
+    fn start(mut command: Command, stdout: bool) -> anyhow::Result<Self> {
         let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {command:?}"))?;
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().context("stderr is piped")?;
-        let sink = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let collect = |output: Box<dyn std::io::Read + Send>| {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(output).lines().map_while(Result::ok) {
+                    let mut log = sink.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        };
+        let reader = collect(Box::new(stderr));
+        if let Some(out) = child.stdout.take() {
+            // Joined implicitly: it ends with the process, like the stderr reader.
+            collect(Box::new(out));
+        }
         Ok(Self { child, log, reader: Some(reader) })
     }
 

@@ -266,7 +266,9 @@ impl Route {
                 Ok(Ok(sent)) => {
                     let status = sent.response.status();
                     r.outliers.record(&endpoint.outlier, outcome_of(status), r.endpoints.len());
-                    let retry = r.settings.retry.retry_on.contains(&status.as_u16()) && replay.is_some();
+                    let retry = (r.settings.retry.retry_on.contains(&status.as_u16())
+                        || app_failed_behind_peer(&sent.response))
+                        && replay.is_some();
                     if retry && retries_left && self.take_retry(r) {
                         endpoint.load.finish();
                         tracing::debug!(route = %self.name, endpoint = %endpoint.addr, %status, "retrying");
@@ -547,4 +549,13 @@ impl Drop for Release {
     fn drop(&mut self) {
         self.endpoint.load.finish();
     }
+}
+
+/// Whether a response is a peer sidecar saying that its app failed while the request was in
+/// its hands (a 502 it made itself: the app crashed or reset the connection). For an
+/// idempotent request that is a failure of that endpoint like a refused connection, and
+/// another endpoint may be tried.
+fn app_failed_behind_peer(response: &Response<Incoming>) -> bool {
+    response.status() == StatusCode::BAD_GATEWAY
+        && response.headers().get(crate::error::ERROR_HEADER).is_some_and(|v| v == "upstream-failed")
 }

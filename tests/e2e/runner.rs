@@ -1,0 +1,298 @@
+//! The runner end to end, as root (as CI runs): `tether up` starting real apps in sandboxes,
+//! health-gated traffic, replacing killed tasks, rolling deployments and rollback under load
+//! from inside the mesh, and what a task sees from inside its sandbox.
+
+use std::process::Command;
+use std::time::Duration;
+
+use tether_testkit::app::RunningApp;
+use tether_testkit::{Backend, assert_eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tether");
+
+/// An HTTP app: answers its task id and version; `/health` fails for START_DELAY seconds after
+/// start, and any other request in that time is logged as EARLY (it reached a task that was
+/// not yet healthy).
+const API: &str = r#"
+import json, os, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+start, delay = time.time(), float(os.environ.get("START_DELAY", "0"))
+body = json.dumps({"task": os.environ["TETHER_TASK"], "version": os.environ.get("VERSION", "")}).encode()
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        ready = time.time() - start >= delay
+        if self.path != "/health" and not ready:
+            print("EARLY request before the health check passed", flush=True)
+        code = 503 if self.path == "/health" and not ready else 200
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// The health check: GET /health on the app's port, inside the sandbox.
+const CHECK: &str = r#"
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=2).read()
+"#;
+
+/// Steady load from inside the mesh: calls `http://api/` by name, logs every failure and a
+/// running count; bounded in count and time.
+const CALLER: &str = r#"
+import json, time, urllib.request
+ok = fail = 0
+versions = set()
+deadline = time.time() + 300
+while ok + fail < 40000 and time.time() < deadline:
+    try:
+        reply = json.loads(urllib.request.urlopen("http://api/", timeout=10).read())
+        ok += 1
+        if reply["version"] not in versions:
+            versions.add(reply["version"])
+            print(f"VERSION {reply['version']}", flush=True)
+    except Exception as e:
+        fail += 1
+        print(f"FAIL {e!r}", flush=True)
+    if (ok + fail) % 50 == 0:
+        print(f"STATS ok={ok} fail={fail}", flush=True)
+    time.sleep(0.005)
+"#;
+
+fn spec(version: &str, start_delay: f64, check: &str) -> String {
+    format!(
+        r#"
+namespace: runner.test
+services:
+  api:
+    command: ["python3", "api.py", "9000"]
+    desiredCount: 2
+    environment:
+      - {{ name: VERSION, value: "{version}" }}
+      - {{ name: START_DELAY, value: "{start_delay}" }}
+    portMappings: [{{ name: http, containerPort: 9000, appProtocol: http }}]
+    healthCheck: {{ command: {check}, interval: 1, timeout: 2, retries: 2 }}
+    deploymentConfiguration: {{ minimumHealthyPercent: 100, maximumPercent: 200 }}
+    serviceConnectConfiguration:
+      enabled: true
+      services: [{{ portName: http, discoveryName: api, clientAliases: [{{ port: 80, dnsName: api }}] }}]
+  caller:
+    command: ["python3", "caller.py"]
+    serviceConnectConfiguration: {{ enabled: true }}
+"#
+    )
+}
+
+const GOOD_CHECK: &str = r#"["CMD", "python3", "check.py", "9000"]"#;
+const NEVER_HEALTHY: &str = r#"["CMD-SHELL", "echo 'the database is not there' >&2; exit 1"]"#;
+
+fn stats(app: &RunningApp) -> (u64, u64) {
+    let logs = app.app_logs("caller");
+    let last = logs.lines().filter(|l| l.starts_with("STATS ")).last().unwrap_or("STATS ok=0 fail=0").to_owned();
+    let number = |key: &str| -> u64 {
+        last.split_whitespace().find_map(|kv| kv.strip_prefix(key)).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    (number("ok="), number("fail="))
+}
+
+fn failures(app: &RunningApp) -> Vec<String> {
+    app.app_logs("caller").lines().filter(|l| l.starts_with("FAIL")).map(str::to_owned).collect()
+}
+
+/// Acceptance 3, 4 and 5 (F7), all under steady load from another service in the mesh: a
+/// slow-starting version gets no request before its check passes; a killed app is replaced;
+/// a version that never becomes healthy is rolled back with the reason. Zero failed requests.
+#[tokio::test]
+async fn deployments_and_crashes_under_load_fail_no_request() {
+    let first = spec("1", 0.0, GOOD_CHECK);
+    let mut app = RunningApp::start(BIN, &[("tether.yaml", &first), ("api.py", API), ("check.py", CHECK), ("caller.py", CALLER)])
+        .unwrap();
+    app.wait_up(Duration::from_secs(60)).await.unwrap();
+    assert_eventually!(Duration::from_secs(20), stats(&app).0 >= 100, "no load: {}", app.app_logs("caller"));
+
+    // A new version whose app needs 3 s before its health check passes.
+    let out = app.deploy(&spec("2", 3.0, GOOD_CHECK));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "deploy: {said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("api: revision") && said.contains("running, 2/2 healthy"), "{said}");
+    let old = stats(&app).0;
+    assert_eventually!(Duration::from_secs(20), stats(&app).0 >= old + 100, "load stopped after the deployment");
+    assert!(app.app_logs("caller").contains("VERSION 2"), "the new version never answered");
+    let early: Vec<String> =
+        app.app_logs("api").lines().filter(|l| l.starts_with("EARLY")).map(str::to_owned).collect();
+    assert!(early.is_empty(), "requests reached tasks before their health check passed: {early:?}");
+    assert_eq!(failures(&app), Vec::<String>::new(), "failed requests during the deployment");
+
+    // SIGKILL one app: the task is replaced and no caller notices.
+    let tasks = app.tasks("api", "HEALTHY");
+    assert_eq!(tasks.len(), 2, "{:#}", app.status());
+    let victim = &tasks[0];
+    let pid = app.app_pid(victim, "api.py").expect("the app's process");
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert_eventually!(
+        Duration::from_secs(30),
+        {
+            let healthy = app.tasks("api", "HEALTHY");
+            healthy.len() == 2 && !healthy.contains(victim)
+        },
+        "the killed task was not replaced: {:#}",
+        app.status()
+    );
+    let old = stats(&app).0;
+    assert_eventually!(Duration::from_secs(20), stats(&app).0 >= old + 100, "load stopped after the kill");
+    assert_eq!(failures(&app), Vec::<String>::new(), "failed requests after SIGKILL");
+    assert!(app.output().contains(&format!("{victim}: the app exited")), "{}", app.output());
+
+    // A version that never becomes healthy: rolled back, saying why; version 2 keeps serving.
+    let out = app.deploy(&spec("3", 0.0, NEVER_HEALTHY));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "deploy of a broken version: {said}");
+    assert!(said.contains("rolled back to revision") && said.contains("the database is not there"), "{said}");
+    let healthy = app.tasks("api", "HEALTHY");
+    assert_eq!(healthy.len(), 2, "{:#}", app.status());
+    let old = stats(&app).0;
+    assert_eventually!(Duration::from_secs(20), stats(&app).0 >= old + 100, "load stopped after the rollback");
+    let caller_logs = app.app_logs("caller");
+    let versions: Vec<&str> = caller_logs.lines().filter(|l| l.starts_with("VERSION")).collect();
+    assert!(!versions.contains(&"VERSION 3"), "the broken version got traffic: {versions:?}");
+    assert_eq!(failures(&app), Vec::<String>::new(), "failed requests during the rollback");
+    let (ok, fail) = stats(&app);
+    assert!(ok > 300 && fail == 0, "ok={ok} fail={fail}");
+
+    app.stop(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(app.leftovers(), vec![], "processes left behind");
+}
+
+/// A small echo app for the sandbox test: answers its task id.
+const ECHO: &str = r#"
+import os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = os.environ["TETHER_TASK"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+HTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+/// Runs `python3 -c code` inside the task whose app is `pid` (its network and mount namespaces).
+fn inside(pid: u32, code: &str) -> (bool, String) {
+    let out = Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "-m", "python3", "-c", code])
+        .output()
+        .expect("nsenter (util-linux) is needed");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn get(url: &str) -> String {
+    format!("import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).read().decode())")
+}
+
+fn connect(host: &str, port: u16) -> String {
+    format!("import socket; socket.create_connection(('{host}', {port}), timeout=2); print('connected')")
+}
+
+/// Acceptance 2: inside a task, /etc/hosts holds the aliases and calling them works; nothing
+/// else is reachable; two replicas listen on the same port. Also: an external service by name,
+/// a service added later reachable from a running task, and `networkMode: host`.
+#[tokio::test]
+async fn a_task_sees_only_its_aliases() {
+    let legacy = Backend::start("legacy").await;
+    let host_port = tether_testkit::free_port();
+    let spec = sandbox_spec(legacy.addr, host_port, "");
+    let mut app = RunningApp::start(BIN, &[("tether.yaml", &spec), ("echo.py", ECHO)]).unwrap();
+    app.wait_up(Duration::from_secs(60)).await.unwrap();
+    let probe = app.tasks("probe", "HEALTHY").pop().expect("a probe task");
+    let pid = app.app_pid(&probe, "sleep").expect("the probe's process");
+
+    let (_, hosts) = inside(pid, "print(open('/etc/hosts').read())");
+    assert!(hosts.contains("\techo\n") && hosts.contains("\tlegacy-db\n"), "{hosts}");
+    assert!(hosts.contains("127.255."), "{hosts}");
+    assert!(!std::fs::read_to_string("/etc/hosts").unwrap().contains("legacy-db"), "the host's hosts file changed");
+
+    // Both replicas listen on containerPort 9000, and the alias reaches each.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (ok, text) = inside(pid, &get("http://echo/"));
+        assert!(ok, "{text}");
+        seen.insert(text.trim().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let (ok, text) = inside(pid, &get("http://legacy-db:5432/"));
+    assert!(ok, "the external service by name: {text}");
+
+    // Nothing but the aliases: not the backend's own address, not the control plane, not the
+    // host-network service.
+    let control: u16 = app.output().split("control plane http://127.0.0.1:").nth(1).and_then(|s| s[..5].trim_end_matches(')').parse().ok()).expect("control plane port");
+    for (host, port) in [("127.0.0.1", legacy.addr.port()), ("127.0.0.1", control), ("127.0.0.1", host_port), ("10.0.0.1", 80)] {
+        let (ok, text) = inside(pid, &connect(host, port));
+        assert!(!ok, "{host}:{port} reachable from inside a task: {text}");
+    }
+    // networkMode: host runs on the host's network.
+    let reply = reqwest_like(&format!("127.0.0.1:{host_port}"));
+    assert!(reply.starts_with("onhost-"), "{reply}");
+
+    // A service added later is reachable from the task that is already running.
+    let late = r#"
+  late:
+    command: ["python3", "echo.py", "9100"]
+    portMappings: [{ name: http, containerPort: 9100, appProtocol: http }]
+    serviceConnectConfiguration:
+      enabled: true
+      services: [{ portName: http, clientAliases: [{ port: 80, dnsName: late }] }]"#;
+    let later = sandbox_spec(legacy.addr, host_port, late);
+    let out = app.deploy(&later);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eventually!(Duration::from_secs(10), inside(pid, &get("http://late/")).1.trim().starts_with("late-"), "the new service is not reachable from the running task: {}", inside(pid, &get("http://late/")).1);
+
+    app.stop(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(app.leftovers(), vec![], "processes left behind");
+}
+
+fn sandbox_spec(legacy: std::net::SocketAddr, host_port: u16, extra: &str) -> String {
+    format!(
+        r#"
+namespace: sandbox.test
+services:{extra}
+  echo:
+    command: ["python3", "echo.py", "9000"]
+    desiredCount: 2
+    portMappings: [{{ name: http, containerPort: 9000, appProtocol: http }}]
+    serviceConnectConfiguration:
+      enabled: true
+      services: [{{ portName: http, clientAliases: [{{ port: 80, dnsName: echo }}] }}]
+  probe:
+    command: ["sleep", "600"]
+    serviceConnectConfiguration: {{ enabled: true }}
+  onhost:
+    command: ["python3", "echo.py", "{host_port}"]
+    networkMode: host
+    portMappings: [{{ name: http, containerPort: {host_port}, appProtocol: http }}]
+    serviceConnectConfiguration: {{ enabled: true }}
+externalServices:
+  legacy-db:
+    endpoints: ["{legacy}"]
+    appProtocol: http
+    clientAliases: [{{ port: 5432, dnsName: legacy-db }}]
+"#
+    )
+}
+
+/// A plain HTTP/1.0 GET from the host.
+fn reqwest_like(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
