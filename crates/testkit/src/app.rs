@@ -140,10 +140,19 @@ impl RunningApp {
     /// sidecars and the edge (their command lines name the data directory).
     pub fn leftovers(&self) -> Vec<(u32, String)> {
         let data = self.data.to_string_lossy().into_owned();
+        // Every task of this run left its log: `logs/SERVICE/TASK.log`.
+        let tasks: Vec<String> = std::fs::read_dir(self.data.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|service| std::fs::read_dir(service.path()).into_iter().flatten().flatten())
+            .filter_map(|f| f.file_name().to_str()?.strip_suffix(".log").map(|t| format!("TETHER_TASK={t}")))
+            .collect();
         all_processes()
             .into_iter()
             .filter(|(pid, cmdline)| {
-                *pid != self.pid() && (cmdline.contains(&data) || env_of(*pid).contains("TETHER_TASK="))
+                *pid != self.pid()
+                    && (cmdline.contains(&data) || env_of(*pid).lines().any(|l| tasks.iter().any(|t| t == l)))
             })
             .collect()
     }
