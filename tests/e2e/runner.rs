@@ -94,7 +94,7 @@ const NEVER_HEALTHY: &str = r#"["CMD-SHELL", "echo 'the database is not there' >
 
 fn stats(app: &RunningApp) -> (u64, u64) {
     let logs = app.app_logs("caller");
-    let last = logs.lines().filter(|l| l.starts_with("STATS ")).last().unwrap_or("STATS ok=0 fail=0").to_owned();
+    let last = logs.lines().rfind(|l| l.starts_with("STATS ")).unwrap_or("STATS ok=0 fail=0").to_owned();
     let number = |key: &str| -> u64 {
         last.split_whitespace().find_map(|kv| kv.strip_prefix(key)).and_then(|n| n.parse().ok()).unwrap_or(0)
     };
@@ -113,8 +113,11 @@ fn failures(app: &RunningApp, skip: usize) -> Vec<String> {
 #[tokio::test]
 async fn deployments_and_crashes_under_load_fail_no_request() {
     let first = spec("1", 0.0, GOOD_CHECK);
-    let mut app = RunningApp::start(BIN, &[("tether.yaml", &first), ("api.py", API), ("check.py", CHECK), ("caller.py", CALLER)])
-        .unwrap();
+    let mut app = RunningApp::start(
+        BIN,
+        &[("tether.yaml", &first), ("api.py", API), ("check.py", CHECK), ("caller.py", CALLER)],
+    )
+    .unwrap();
     app.wait_up(Duration::from_secs(60)).await.unwrap();
     assert_eventually!(Duration::from_secs(20), stats(&app).0 >= 100, "no load: {}", app.app_logs("caller"));
     let before = failures(&app, 0).len();
@@ -125,7 +128,11 @@ async fn deployments_and_crashes_under_load_fail_no_request() {
     assert!(out.status.success(), "deploy: {said}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("api: revision") && said.contains("running, 2/2 healthy"), "{said}");
     let old = stats(&app).0;
-    assert_eventually!(Duration::from_secs(20), stats(&app).0 >= old + 100, "load stopped after the deployment");
+    assert_eventually!(
+        Duration::from_secs(20),
+        stats(&app).0 >= old + 100,
+        "load stopped after the deployment"
+    );
     assert!(app.app_logs("caller").contains("VERSION 2"), "the new version never answered");
     let early: Vec<String> =
         app.app_logs("api").lines().filter(|l| l.starts_with("EARLY")).map(str::to_owned).collect();
@@ -165,13 +172,20 @@ async fn deployments_and_crashes_under_load_fail_no_request() {
     let healthy = app.tasks("api", "HEALTHY");
     assert_eq!(healthy.len(), 2, "{:#}", app.status());
     let old = stats(&app).0;
-    assert_eventually!(Duration::from_secs(20), stats(&app).0 >= old + 100, "load stopped after the rollback");
+    assert_eventually!(
+        Duration::from_secs(20),
+        stats(&app).0 >= old + 100,
+        "load stopped after the rollback"
+    );
     let caller_logs = app.app_logs("caller");
     let versions: Vec<&str> = caller_logs.lines().filter(|l| l.starts_with("VERSION")).collect();
     assert!(!versions.contains(&"VERSION 3"), "the broken version got traffic: {versions:?}");
     assert_eq!(failures(&app, before), Vec::<String>::new(), "failed requests during the rollback");
     let (ok, fail) = stats(&app);
-    assert!(ok > 300 && fail as usize == before, "ok={ok} fail={fail}, {before} before every task was healthy");
+    assert!(
+        ok > 300 && fail as usize == before,
+        "ok={ok} fail={fail}, {before} before every task was healthy"
+    );
 
     app.stop(Duration::from_secs(60)).await.unwrap();
     assert_eq!(app.leftovers(), vec![], "processes left behind");
@@ -228,7 +242,10 @@ async fn a_task_sees_only_its_aliases() {
     let (_, hosts) = inside(pid, "print(open('/etc/hosts').read())");
     assert!(hosts.contains("\techo\n") && hosts.contains("\tlegacy-db\n"), "{hosts}");
     assert!(hosts.contains("127.255."), "{hosts}");
-    assert!(!std::fs::read_to_string("/etc/hosts").unwrap().contains("legacy-db"), "the host's hosts file changed");
+    assert!(
+        !std::fs::read_to_string("/etc/hosts").unwrap().contains("legacy-db"),
+        "the host's hosts file changed"
+    );
 
     // Both replicas listen on containerPort 9000, and the alias reaches each.
     let mut seen = std::collections::BTreeSet::new();
@@ -243,8 +260,18 @@ async fn a_task_sees_only_its_aliases() {
 
     // Nothing but the aliases: not the backend's own address, not the control plane, not the
     // host-network service.
-    let control: u16 = app.output().split("control plane http://127.0.0.1:").nth(1).and_then(|s| s[..5].trim_end_matches(')').parse().ok()).expect("control plane port");
-    for (host, port) in [("127.0.0.1", legacy.addr.port()), ("127.0.0.1", control), ("127.0.0.1", host_port), ("10.0.0.1", 80)] {
+    let control: u16 = app
+        .output()
+        .split("control plane http://127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s[..5].trim_end_matches(')').parse().ok())
+        .expect("control plane port");
+    for (host, port) in [
+        ("127.0.0.1", legacy.addr.port()),
+        ("127.0.0.1", control),
+        ("127.0.0.1", host_port),
+        ("10.0.0.1", 80),
+    ] {
         let (ok, text) = inside(pid, &connect(host, port));
         assert!(!ok, "{host}:{port} reachable from inside a task: {text}");
     }
@@ -262,8 +289,18 @@ async fn a_task_sees_only_its_aliases() {
       services: [{ portName: http, discoveryName: late, clientAliases: [{ port: 80, dnsName: late }] }]"#;
     let later = sandbox_spec(legacy.addr, host_port, late);
     let out = app.deploy(&later);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert_eventually!(Duration::from_secs(10), inside(pid, &get("http://late/")).1.trim().starts_with("late-"), "the new service is not reachable from the running task: {}", inside(pid, &get("http://late/")).1);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        inside(pid, &get("http://late/")).1.trim().starts_with("late-"),
+        "the new service is not reachable from the running task: {}",
+        inside(pid, &get("http://late/")).1
+    );
 
     app.stop(Duration::from_secs(60)).await.unwrap();
     assert_eq!(app.leftovers(), vec![], "processes left behind");
@@ -306,4 +343,139 @@ fn reqwest_like(addr: &str) -> String {
     let mut reply = String::new();
     let _ = stream.read_to_string(&mut reply);
     reply.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
+
+/// Acceptance 1: the demo from the README (`tether up examples/shop/tether.yaml`, which
+/// `scripts/demo` runs) answers through the whole chain, and Ctrl-C leaves nothing behind: no
+/// process, no sandbox (its namespaces go with its processes), no listening socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_demo_answers_through_the_whole_chain() {
+    let data = tempfile::tempdir().unwrap();
+    let spec = tether_testkit::workspace_path("examples/shop/tether.yaml");
+    let mut shop = RunningApp::start_spec(BIN, &spec, data.path()).unwrap();
+    shop.wait_up(Duration::from_secs(90)).await.unwrap();
+    let control: u16 = shop
+        .output()
+        .split("control plane http://127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the control plane's port");
+
+    let reply = reqwest_like("127.0.0.1:8080");
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    let chain: Vec<&str> = reply["chain"].as_array().unwrap().iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(chain.len(), 4, "{reply:#}");
+    for (hop, who) in chain.iter().zip([
+        "frontend frontend-",
+        "orders orders-",
+        "payment-service payment-",
+        "inventory: OK",
+    ]) {
+        assert!(hop.starts_with(who), "{hop} is not {who}: {reply:#}");
+    }
+    assert_eq!(reply["order"]["payment"]["status"], "approved", "{reply:#}");
+
+    // The processes of the run, and its sandboxes' network namespaces.
+    let running = shop.leftovers();
+    assert!(running.len() >= 14, "7 apps and 7 sidecars expected: {running:?}");
+    let namespaces: std::collections::BTreeSet<String> = running
+        .iter()
+        .filter_map(|(pid, _)| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .collect();
+    assert!(namespaces.len() >= 8, "the host's and one per task: {namespaces:?}");
+
+    shop.stop(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(shop.leftovers(), vec![], "processes left behind");
+    let alive: Vec<String> =
+        namespaces.iter().filter(|ns| all_net_namespaces().contains(*ns)).cloned().collect();
+    assert!(alive.len() <= 1, "sandbox namespaces left behind: {alive:?}");
+    for port in [8080, control] {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "port {port} still listens");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&*data.path().to_string_lossy()), "mounts left behind: {mounts}");
+}
+
+/// The network namespaces any process is in.
+fn all_net_namespaces() -> std::collections::BTreeSet<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path().join("ns/net")).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Acceptance 6: spec mistakes give a precise error, and `tether up` starts nothing.
+#[test]
+fn spec_mistakes_start_nothing() {
+    let good = "namespace: shop.local\nservices:\n  api:\n    command: [\"sleep\", \"60\"]\n    portMappings: [{ name: http, containerPort: 9000, appProtocol: http }]\n    serviceConnectConfiguration:\n      enabled: true\n      services: [{ portName: http, clientAliases: [{ port: 80, dnsName: api }] }]\n";
+    let mistakes: [(&str, String, &str, &str); 9] = [
+        (
+            "an unknown portName",
+            good.replace("portName: http,", "portName: web,"),
+            ":8:",
+            "`web` names no port mapping",
+        ),
+        (
+            "a per-request timeout on a tcp port",
+            good.replace(", appProtocol: http }]", " }]")
+                .replace("portName: http,", "portName: http, timeout: { perRequestTimeoutSeconds: 5 },"),
+            ":8:",
+            "per-request timeout",
+        ),
+        ("a bad service name", good.replace("  api:", "  Api_Service!:"), ":3:", "Api_Service!"),
+        ("a bad dnsName", good.replace("dnsName: api", "dnsName: \"api service\""), ":8:", "dnsName"),
+        ("a typo in a field", good.replace("portMappings", "portmappings"), ":5:", "portmappings"),
+        (
+            "a health check that is not CMD or CMD-SHELL",
+            good.replace(
+                "    portMappings",
+                "    healthCheck: { command: [\"curl\", \"localhost\"] }\n    portMappings",
+            ),
+            ":5:",
+            "CMD-SHELL",
+        ),
+        (
+            "maximumPercent out of range",
+            good.replace(
+                "    portMappings",
+                "    deploymentConfiguration: { maximumPercent: 300 }\n    portMappings",
+            ),
+            ":5:",
+            "maximumPercent",
+        ),
+        (
+            "networkMode bridge",
+            good.replace("    portMappings", "    networkMode: bridge\n    portMappings"),
+            ":5:",
+            "awsvpc",
+        ),
+        (
+            "a duplicate alias",
+            format!(
+                "{good}  api2:\n    command: [\"sleep\", \"60\"]\n    portMappings: [{{ name: http, containerPort: 9000, appProtocol: http }}]\n    serviceConnectConfiguration:\n      enabled: true\n      services: [{{ portName: http, discoveryName: api2, clientAliases: [{{ port: 80, dnsName: api }}] }}]\n"
+            ),
+            ":14:",
+            "api:80",
+        ),
+    ];
+    for (what, text, line, phrase) in mistakes {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("tether.yaml");
+        std::fs::write(&spec, &text).unwrap();
+        let out = Command::new(BIN).arg("up").arg(&spec).args(["--listen", "127.0.0.1:0"]).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(65), "{what}: {said}");
+        let first = said.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&*spec.to_string_lossy()) && first.contains(line),
+            "{what}: no file and line {line}: {said}"
+        );
+        assert!(said.contains(phrase), "{what}: `{phrase}` missing: {said}");
+        assert!(said.contains("nothing was started"), "{what}: {said}");
+        assert!(!dir.path().join(".tether").exists(), "{what}: tether up created its state");
+    }
 }

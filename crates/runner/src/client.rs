@@ -62,7 +62,8 @@ impl ControlClient {
     }
 
     pub async fn put_namespace(&self, ns: &str) -> Result<(), ApiError> {
-        self.call::<Value>(Method::PUT, &format!("/v1/namespaces/{ns}"), Some(&serde_json::json!({}))).await?;
+        self.call::<Value>(Method::PUT, &format!("/v1/namespaces/{ns}"), Some(&serde_json::json!({})))
+            .await?;
         Ok(())
     }
 
@@ -71,7 +72,8 @@ impl ControlClient {
         struct List {
             services: Vec<ServiceEntry>,
         }
-        let list: List = self.call(Method::GET, &format!("/v1/namespaces/{ns}/services"), None::<&()>).await?;
+        let list: List =
+            self.call(Method::GET, &format!("/v1/namespaces/{ns}/services"), None::<&()>).await?;
         Ok(list.services)
     }
 

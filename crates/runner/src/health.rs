@@ -32,7 +32,11 @@ impl Check {
     }
 
     /// Runs the check once: `Err` says why it failed.
-    pub async fn run(&self, sandbox: &Sandbox, prepare: impl Fn(&mut tokio::process::Command)) -> Result<(), String> {
+    pub async fn run(
+        &self,
+        sandbox: &Sandbox,
+        prepare: impl Fn(&mut tokio::process::Command),
+    ) -> Result<(), String> {
         match self {
             Check::Running => Ok(()),
             Check::Port(port) => {
@@ -79,7 +83,10 @@ async fn run_command(
             if let Some(pid) = pid {
                 crate::process::kill_group(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            Err(format!("the health check took longer than its timeout ({:?})", started.elapsed().min(policy.timeout)))
+            Err(format!(
+                "the health check took longer than its timeout ({:?})",
+                started.elapsed().min(policy.timeout)
+            ))
         }
     }
 }

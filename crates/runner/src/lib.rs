@@ -109,7 +109,8 @@ impl Runner {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let ctx = &self.ctx;
         let keeper = tokio::spawn(keep_lease(ctx.client.clone(), self.lease));
-        let mut supervisors: HashMap<String, (tokio::sync::mpsc::UnboundedSender<Command>, u64)> = HashMap::new();
+        let mut supervisors: HashMap<String, (tokio::sync::mpsc::UnboundedSender<Command>, u64)> =
+            HashMap::new();
         let mut joins = Vec::new();
         let mut edge = Edge::default();
         let mut unreachable = false;
@@ -124,7 +125,8 @@ impl Runner {
                     let mut seen = Vec::new();
                     let mut publishes = false;
                     for entry in services {
-                        let Some(version) = Version::new(entry.revision, &entry.name, &ctx.namespace, entry.spec)
+                        let Some(version) =
+                            Version::new(entry.revision, &entry.name, &ctx.namespace, entry.spec)
                         else {
                             continue;
                         };
@@ -137,7 +139,8 @@ impl Runner {
                             }
                             Some(_) => {}
                             None => {
-                                let (commands, join) = Supervisor::spawn(ctx.clone(), version, self.status.clone());
+                                let (commands, join) =
+                                    Supervisor::spawn(ctx.clone(), version, self.status.clone());
                                 supervisors.insert(entry.name.clone(), (commands, entry.revision));
                                 joins.push(join);
                             }
@@ -195,15 +198,20 @@ impl Runner {
                 method: http::Method::GET,
                 path: format!("/v1/namespaces/{}/services/{service}", ctx.namespace),
                 status: http::StatusCode::NOT_FOUND,
-                message: format!("namespace {} has no service `{service}`; create it first (tether up, or PUT it)", ctx.namespace),
+                message: format!(
+                    "namespace {} has no service `{service}`; create it first (tether up, or PUT it)",
+                    ctx.namespace
+                ),
             });
         };
         let mut spec = entry.spec;
         spec.command = command;
         spec.desired_count = None;
-        let version = Version::new(entry.revision, service, &ctx.namespace, spec).ok_or_else(|| ApiError::Malformed {
-            path: service.to_owned(),
-            reason: "the service cannot run tasks (an external service?)".into(),
+        let version = Version::new(entry.revision, service, &ctx.namespace, spec).ok_or_else(|| {
+            ApiError::Malformed {
+                path: service.to_owned(),
+                reason: "the service cannot run tasks (an external service?)".into(),
+            }
         })?;
         let keeper = tokio::spawn(keep_lease(ctx.client.clone(), self.lease));
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -240,13 +248,15 @@ async fn keep_lease(client: ControlClient, lease: watch::Sender<i64>) {
         let id = *lease.borrow();
         match client.renew_lease(id).await {
             Ok(()) => {}
-            Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => match client.grant_lease(LEASE_TTL).await {
-                Ok(id) => {
-                    warn!("the lease expired; registering every task again");
-                    let _ = lease.send(id);
+            Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
+                match client.grant_lease(LEASE_TTL).await {
+                    Ok(id) => {
+                        warn!("the lease expired; registering every task again");
+                        let _ = lease.send(id);
+                    }
+                    Err(e) => warn!("cannot take a new lease: {e}"),
                 }
-                Err(e) => warn!("cannot take a new lease: {e}"),
-            },
+            }
             Err(e) => warn!("cannot renew the lease: {e}"),
         }
     }

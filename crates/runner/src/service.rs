@@ -209,7 +209,8 @@ impl Supervisor {
         let target = self.target.clone();
         let is_new = |e: &Entry| e.handle.version.same_tasks(&target);
         let live = |e: &&Entry| !e.handle.stopping();
-        let new: Vec<String> = self.tasks.iter().filter(|(_, e)| live(e) && is_new(e)).map(|(id, _)| id.clone()).collect();
+        let new: Vec<String> =
+            self.tasks.iter().filter(|(_, e)| live(e) && is_new(e)).map(|(id, _)| id.clone()).collect();
         let old = self.tasks.values().filter(|e| live(e) && !is_new(e)).count();
 
         // Too many of the current version (desiredCount went down): unhealthy ones first, then
@@ -238,8 +239,12 @@ impl Supervisor {
 
         // The old version leaves as the new one becomes healthy: tasks that serve nothing first.
         let mut healthy = self.tasks.values().filter(|e| live(e) && e.healthy).count();
-        let mut old_ids: Vec<(bool, String)> =
-            self.tasks.iter().filter(|(_, e)| live(e) && !is_new(e)).map(|(id, e)| (e.healthy, id.clone())).collect();
+        let mut old_ids: Vec<(bool, String)> = self
+            .tasks
+            .iter()
+            .filter(|(_, e)| live(e) && !is_new(e))
+            .map(|(id, e)| (e.healthy, id.clone()))
+            .collect();
         old_ids.sort();
         for (was_healthy, id) in old_ids {
             if !was_healthy {
@@ -297,7 +302,11 @@ impl Supervisor {
                     started: e.started.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 })
                 .collect(),
-            deployment: self.deployment.as_ref().map(|d| d.status.clone()).or_else(|| self.last_deployment.clone()),
+            deployment: self
+                .deployment
+                .as_ref()
+                .map(|d| d.status.clone())
+                .or_else(|| self.last_deployment.clone()),
             failures: self.failures,
             last_failure: self.last_failure.clone(),
         };

@@ -23,8 +23,16 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the sidecar may take to bind its inbound listeners after registration.
 const SIDECAR_DEADLINE: Duration = Duration::from_secs(15);
 /// Environment variables that would send an app's calls to some other proxy than its sidecar.
-const PROXY_VARIABLES: [&str; 8] =
-    ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"];
+const PROXY_VARIABLES: [&str; 8] = [
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
 
 /// What a task tells its service's supervisor.
 #[derive(Debug)]
@@ -87,7 +95,17 @@ struct Task {
 impl Task {
     fn new(ctx: Arc<Context>, version: Arc<Version>, id: String) -> Self {
         let dir = ctx.data_dir.join("tasks").join(&id);
-        Self { ctx, version, id, dir, sandbox: None, sidecar: None, app: None, instances: Vec::new(), healthy: false }
+        Self {
+            ctx,
+            version,
+            id,
+            dir,
+            sandbox: None,
+            sidecar: None,
+            app: None,
+            instances: Vec::new(),
+            healthy: false,
+        }
     }
 
     fn service(&self) -> &str {
@@ -172,7 +190,9 @@ impl Task {
         let logs = self.ctx.data_dir.join("logs").join(self.service());
         std::fs::create_dir_all(&logs).map_err(|e| fail("cannot create the log directory", &e))?;
         let sandbox = match self.version.task.network_mode {
-            NetworkMode::Sandbox => Sandbox::create(&self.dir).map_err(|e| fail("cannot create the sandbox", &e))?,
+            NetworkMode::Sandbox => {
+                Sandbox::create(&self.dir).map_err(|e| fail("cannot create the sandbox", &e))?
+            }
             NetworkMode::Host => Sandbox::host(&self.dir),
         };
         self.sandbox = Some(sandbox.clone());
@@ -181,7 +201,8 @@ impl Task {
         let admin = free_port().map_err(|e| fail("no free port for the sidecar", &e))?;
         let mut ports = Vec::new();
         for port in self.version.served_ports() {
-            let fixed = self.version.service.discovery_for_port(&port.name).and_then(|d| d.ingress_port_override);
+            let fixed =
+                self.version.service.discovery_for_port(&port.name).and_then(|d| d.ingress_port_override);
             let inbound = match fixed {
                 Some(port) => port,
                 None => free_port().map_err(|e| fail("no free port for the sidecar", &e))?,
@@ -204,8 +225,11 @@ impl Task {
             sidecar.arg("--netns").arg(netns).arg("--hosts-file").arg(hosts);
         }
         let log = logs.join(format!("{}.sidecar.log", self.id));
-        self.sidecar =
-            Some(TaskProcess::spawn(sidecar, &log, None).await.map_err(|e| fail("cannot start the sidecar", &e))?);
+        self.sidecar = Some(
+            TaskProcess::spawn(sidecar, &log, None)
+                .await
+                .map_err(|e| fail("cannot start the sidecar", &e))?,
+        );
         for (port_name, port) in &ports {
             let registration = Registration {
                 task: Some(self.id.clone()),
@@ -229,7 +253,9 @@ impl Task {
         self.prepare(&mut app);
         let log = logs.join(format!("{}.log", self.id));
         let lines = Some((self.ctx.logs.clone(), self.service().to_owned(), self.id.clone()));
-        let app = TaskProcess::spawn(app, &log, lines).await.map_err(|e| fail(&format!("cannot start `{program}`"), &e))?;
+        let app = TaskProcess::spawn(app, &log, lines)
+            .await
+            .map_err(|e| fail(&format!("cannot start `{program}`"), &e))?;
         debug!(task = %self.id, pid = app.pid(), "app started");
         self.app = Some(app);
         Ok(())
@@ -266,7 +292,9 @@ impl Task {
         let deadline = Instant::now() + SIDECAR_DEADLINE;
         let mut waiting: Vec<u16> = ports.iter().map(|(_, p)| *p).chain([admin]).collect();
         while !waiting.is_empty() {
-            if let Ok(Some(status)) = self.sidecar.as_mut().map(|s| s.try_wait()).transpose().map(Option::flatten) {
+            if let Ok(Some(status)) =
+                self.sidecar.as_mut().map(|s| s.try_wait()).transpose().map(Option::flatten)
+            {
                 return Err(format!("its sidecar exited at start ({status}); see its log"));
             }
             let mut still = Vec::new();
@@ -278,7 +306,9 @@ impl Task {
             }
             waiting = still;
             if Instant::now() > deadline {
-                return Err(format!("its sidecar did not listen on ports {waiting:?} within {SIDECAR_DEADLINE:?}"));
+                return Err(format!(
+                    "its sidecar did not listen on ports {waiting:?} within {SIDECAR_DEADLINE:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -313,7 +343,9 @@ impl Task {
             }
         }
         for (id, _) in &self.instances {
-            if let Err(e) = self.ctx.client.delete_instance(&self.ctx.namespace, &self.version.service.name, id).await {
+            if let Err(e) =
+                self.ctx.client.delete_instance(&self.ctx.namespace, &self.version.service.name, id).await
+            {
                 warn!(task = %self.id, instance = %id, "cannot deregister: {e}");
             }
         }

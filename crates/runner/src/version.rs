@@ -26,7 +26,9 @@ impl Version {
         let ports: Vec<(&str, Option<&str>)> = service
             .ports
             .iter()
-            .map(|p| (p.name.as_str(), service.discovery_for_port(&p.name).map(|d| d.discovery_name.as_str())))
+            .map(|p| {
+                (p.name.as_str(), service.discovery_for_port(&p.name).map(|d| d.discovery_name.as_str()))
+            })
             .collect();
         let fingerprint = serde_json::json!({
             "task": task,

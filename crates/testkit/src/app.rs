@@ -40,12 +40,12 @@ impl RunningApp {
 
     fn spawn(bin: &str, spec: &Path, data: &Path, owned: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
         let mut command = Command::new(bin);
-        command
-            .arg("up")
-            .arg(spec)
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--drain-wait", "1"]);
+        command.arg("up").arg(spec).arg("--data").arg(data).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-wait",
+            "1",
+        ]);
         let up = LoggedChild::spawn_with_stdout(command)?;
         let dir = spec.parent().context("a spec file in a folder")?.to_path_buf();
         let (data, spec, bin) = (data.to_path_buf(), spec.to_path_buf(), PathBuf::from(bin));
@@ -111,7 +111,11 @@ impl RunningApp {
     pub fn tasks(&self, service: &str, state: &str) -> Vec<String> {
         let status = self.status();
         let tasks = status["services"][service]["tasks"].as_array().cloned().unwrap_or_default();
-        tasks.iter().filter(|t| t["state"] == state).filter_map(|t| t["id"].as_str().map(str::to_owned)).collect()
+        tasks
+            .iter()
+            .filter(|t| t["state"] == state)
+            .filter_map(|t| t["id"].as_str().map(str::to_owned))
+            .collect()
     }
 
     /// What the service's apps wrote, all tasks together.
@@ -182,7 +186,8 @@ fn all_processes() -> Vec<(u32, String)> {
 }
 
 fn env_of(pid: u32) -> String {
-    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default()).replace('\0', "\n")
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default())
+        .replace('\0', "\n")
 }
 
 /// Processes whose environment holds the line `entry`.

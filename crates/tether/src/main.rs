@@ -52,7 +52,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet_by_default = matches!(
         cli.command,
-        Command::Up(_) | Command::Deploy(_) | Command::Down(_) | Command::Ps(_) | Command::Logs(_) | Command::Run(_)
+        Command::Up(_)
+            | Command::Deploy(_)
+            | Command::Down(_)
+            | Command::Ps(_)
+            | Command::Logs(_)
+            | Command::Run(_)
     );
     let default_level = if quiet_by_default { tracing::Level::WARN } else { tracing::Level::INFO };
     tracing_subscriber::fmt()

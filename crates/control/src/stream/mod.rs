@@ -95,8 +95,12 @@ async fn serve(
     mut incoming: Streaming<ProxyMessage>,
     updates: mpsc::Sender<Result<ConfigUpdate, Status>>,
 ) {
-    let mut me =
-        Me { service: hello.service.clone(), task: hello.task.clone(), edge: hello.edge, reserved: Default::default() };
+    let mut me = Me {
+        service: hello.service.clone(),
+        task: hello.task.clone(),
+        edge: hello.edge,
+        reserved: Default::default(),
+    };
     let mut loaded = followed.loaded.subscribe();
     tokio::select! {
         result = loaded.wait_for(|loaded| *loaded) => if result.is_err() { return },
@@ -164,8 +168,12 @@ fn resubscribe(followed: &Followed, me: &mut Me) -> (broadcast::Receiver<Arc<Cha
     if !me.edge {
         me.reserved = state.reserved(&me.service);
     }
-    let mut view: Resources =
-        state.outbound.iter().filter(|(name, _)| me.wants(name)).map(|(n, b)| (n.clone(), b.clone())).collect();
+    let mut view: Resources = state
+        .outbound
+        .iter()
+        .filter(|(name, _)| me.wants(name))
+        .map(|(n, b)| (n.clone(), b.clone()))
+        .collect();
     if !me.edge {
         view.extend(state.inbound(&me.service, &me.task));
     }

@@ -89,7 +89,11 @@ fn routable<'a>(snapshot: &'a Snapshot, service: &'a Service) -> impl Iterator<I
 }
 
 fn endpoint(instance: &Instance) -> Endpoint {
-    Endpoint { address: SocketAddr::new(instance.address, instance.port), mesh: true, health: instance.health }
+    Endpoint {
+        address: SocketAddr::new(instance.address, instance.port),
+        mesh: true,
+        health: instance.health,
+    }
 }
 
 /// The timeouts of a port: its published endpoint's, else the defaults for its protocol.

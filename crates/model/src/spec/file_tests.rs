@@ -268,7 +268,9 @@ fn syntax_type_and_shape_errors_stop_at_the_first() {
         "services.web.desiredcount",
         &["unknown field `desiredcount`", "desiredCount"],
     );
-    let e = &errors("namespace: shop.local\nservices:\n  web:\n    command: [\"a#\", 'b''[' # [\n    desiredCount: 2\n")[0];
+    let e = &errors(
+        "namespace: shop.local\nservices:\n  web:\n    command: [\"a#\", 'b''[' # [\n    desiredCount: 2\n",
+    )[0];
     assert!(e.message.contains("not valid YAML"), "{e}");
     assert!(e.message.contains("the `[` at line 4 column 14 is still open here: is a `]` missing?"), "{e}");
     rejects("services: {}\n", 1, "", &["missing field `namespace`", "namespace: shop.local"]);

@@ -197,8 +197,13 @@ async fn subscriber(
     ready: mpsc::UnboundedSender<usize>,
 ) -> anyhow::Result<()> {
     let (send, outgoing) = mpsc::channel(4);
-    let hello =
-        Hello { namespace: NS.into(), service: "client".into(), task: format!("sub-{i}"), version: 0, edge: false };
+    let hello = Hello {
+        namespace: NS.into(),
+        service: "client".into(),
+        task: format!("sub-{i}"),
+        version: 0,
+        edge: false,
+    };
     send.send(ProxyMessage { kind: Some(proxy_message::Kind::Hello(hello)) }).await?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);

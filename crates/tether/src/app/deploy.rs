@@ -92,7 +92,11 @@ async fn follow(
                     false
                 }
                 _ if service.revision >= *revision && service.settled() => {
-                    println!("{name}: revision {revision} running, {}/{} healthy", service.healthy(), service.desired);
+                    println!(
+                        "{name}: revision {revision} running, {}/{} healthy",
+                        service.healthy(),
+                        service.desired
+                    );
                     false
                 }
                 _ => true,

@@ -108,8 +108,17 @@ fn log_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log") && !p.to_string_lossy().ends_with(".sidecar.log"))
-        .map(|p| (p.metadata().and_then(|m| m.created().or_else(|_| m.modified())).unwrap_or(SystemTime::UNIX_EPOCH), p))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "log") && !p.to_string_lossy().ends_with(".sidecar.log")
+        })
+        .map(|p| {
+            (
+                p.metadata()
+                    .and_then(|m| m.created().or_else(|_| m.modified()))
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                p,
+            )
+        })
         .collect();
     files.sort();
     Ok(files.into_iter().map(|(_, p)| p).collect())

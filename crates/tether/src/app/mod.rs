@@ -33,7 +33,9 @@ pub fn load_spec(path: &Path) -> Result<App, ExitCode> {
         for e in &errors.0 {
             eprintln!("{e}");
         }
-        eprintln!("nothing was started: fix the errors above (`tether validate` checks a file without running it)");
+        eprintln!(
+            "nothing was started: fix the errors above (`tether validate` checks a file without running it)"
+        );
         ExitCode::from(EX_DATAERR)
     })
 }

@@ -26,7 +26,8 @@ impl DataDir {
         if let Some(dir) = &self.data {
             return dir.clone();
         }
-        let base = spec.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base =
+            spec.and_then(Path::parent).filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         base.join(".tether")
     }
 }
@@ -54,14 +55,10 @@ impl Session {
             ),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let session: Session =
-            serde_json::from_str(&text).with_context(|| format!("{} is not a tether session file", path.display()))?;
+        let session: Session = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a tether session file", path.display()))?;
         if !session.alive() {
-            bail!(
-                "the `tether up` that wrote {} (pid {}) is no longer running",
-                path.display(),
-                session.pid
-            );
+            bail!("the `tether up` that wrote {} (pid {}) is no longer running", path.display(), session.pid);
         }
         Ok(session)
     }

@@ -106,8 +106,14 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
     super::apply(&client, &app, false).await?;
     let spec = args.file.canonicalize().unwrap_or_else(|_| args.file.clone());
     let base_dir = spec.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    Session { pid: std::process::id(), namespace: app.namespace.clone(), server: server.clone(), token: token.clone(), spec }
-        .write(&data)?;
+    Session {
+        pid: std::process::id(),
+        namespace: app.namespace.clone(),
+        server: server.clone(),
+        token: token.clone(),
+        spec,
+    }
+    .write(&data)?;
 
     let runner = Runner::new(RunnerConfig {
         namespace: app.namespace.clone(),
@@ -120,8 +126,13 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
         drain_wait: Duration::from_secs_f64(args.drain_wait),
     })
     .await?;
-    let tasks: u32 = app.services.iter().filter(|(_, s)| s.task.is_some()).map(|(_, s)| s.desired_count).sum();
-    println!("{}: starting {tasks} tasks of {} services (control plane {server})", app.namespace, app.services.len());
+    let tasks: u32 =
+        app.services.iter().filter(|(_, s)| s.task.is_some()).map(|(_, s)| s.desired_count).sum();
+    println!(
+        "{}: starting {tasks} tasks of {} services (control plane {server})",
+        app.namespace,
+        app.services.len()
+    );
     let mut status = runner.status();
     let mut logs = runner.logs();
     let runner = tokio::spawn(runner.run(until_stopped));
@@ -235,11 +246,7 @@ fn counts(service: &ServiceStatus) -> String {
 
 async fn summary(app: &App, status: &Status, server: &str, data: &Path, started: Instant) {
     let tasks: usize = status.services.values().map(|s| s.tasks.len()).sum();
-    println!(
-        "\n{} is up: {tasks} tasks healthy in {:.1} s",
-        app.namespace,
-        started.elapsed().as_secs_f64()
-    );
+    println!("\n{} is up: {tasks} tasks healthy in {:.1} s", app.namespace, started.elapsed().as_secs_f64());
     for (_, service) in &app.services {
         let Some(running) = status.services.get(&service.name) else { continue };
         let mut line = format!("  {:<20} {}/{}", service.name, running.healthy(), running.desired);
