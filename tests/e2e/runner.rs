@@ -416,3 +416,58 @@ fn spec_mistakes_start_nothing() {
         assert!(!dir.path().join(".tether").exists(), "{what}: tether up created its state");
     }
 }
+
+/// Rootless: `tether up` as a user other than root (here `nobody`) moves into a user namespace
+/// of its own and makes the same sandboxes: the task's hosts file names the alias, and the
+/// sidecar listens on it inside the task's namespace.
+#[tokio::test]
+async fn sandboxes_without_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Copies `nobody` can read and run, wherever the checkout is.
+    let bin = dir.path().join("tether");
+    std::fs::copy(BIN, &bin).unwrap();
+    let spec = r#"
+namespace: rootless.test
+services:
+  api:
+    command: ["sleep", "600"]
+    portMappings: [{ name: http, containerPort: 9000, appProtocol: http }]
+    healthCheck: { command: ["CMD", "true"], interval: 1 }
+    serviceConnectConfiguration:
+      enabled: true
+      services: [{ portName: http, discoveryName: api, clientAliases: [{ port: 80, dnsName: api }] }]
+"#;
+    std::fs::write(dir.path().join("tether.yaml"), spec).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("up")
+        .arg(dir.path().join("tether.yaml"))
+        .args(["--listen", "127.0.0.1:0", "--drain-wait", "0"]);
+    let mut up = tether_testkit::LoggedChild::spawn_with_stdout(command).unwrap();
+    assert_eventually!(Duration::from_secs(30), up.log().contains(" is up: "), "not up: {}", up.log());
+
+    let (pid, _) = tether_testkit::app::processes_with_env("TETHER_NAMESPACE=rootless.test")
+        .into_iter()
+        .find(|(_, cmd)| cmd.starts_with("sleep 600"))
+        .expect("the task's app");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:\t65534\t")), "not run as nobody: {status}");
+    let (ok, text) = inside(
+        pid,
+        "import socket; socket.create_connection(('api', 80), timeout=2); print(open('/etc/hosts').read())",
+    );
+    assert!(ok && text.contains("\tapi\n"), "{text}");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap(),
+        std::fs::read_link("/proc/self/ns/net").unwrap(),
+        "the task shares the host's network"
+    );
+
+    up.signal("INT");
+    assert!(up.wait_exit(Duration::from_secs(30)).await.is_some_and(|s| s.success()), "{}", up.log());
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the app outlived tether up");
+}

@@ -125,6 +125,29 @@ impl Sandbox {
     }
 }
 
+/// Rootless sandboxes: when this process is not root, moves it into a new user namespace in
+/// which it is root (its own uid and gid mapped to 0), so that it may create the network and
+/// mount namespaces of task sandboxes. Everything it starts inherits that. Must be called before
+/// any thread is started. `Ok(false)` when already root.
+pub fn become_root_in_user_namespace() -> io::Result<bool> {
+    let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    if uid.is_root() {
+        return Ok(false);
+    }
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "task sandboxes need root, or a kernel that lets users create user namespaces, and this one refuses ({e}): run as root, allow unprivileged user namespaces (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone), or give every service `networkMode: host`"
+            ),
+        )
+    })?;
+    std::fs::write("/proc/self/setgroups", "deny")?;
+    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    Ok(true)
+}
+
 /// A command that runs on the host, in a process group of its own, killed if the runner dies.
 pub fn host_command(program: &str) -> io::Result<tokio::process::Command> {
     Sandbox(Arc::new(Inner { netns: None, hosts: PathBuf::new() })).command(program)

@@ -22,6 +22,7 @@ mod stream;
 pub use backend::{Backend, BackendOptions, Fnv, pattern, pattern_body, pattern_checksum};
 pub use client::{Client, Reply};
 pub use load::{Load, LoadReport};
+pub use logged::LoggedChild;
 pub use net::{Unanswered, free_port, refused_addr};
 pub use process::BackendProcess;
 pub use prometheus::Prometheus;

@@ -40,6 +40,27 @@ pub fn load_spec(path: &Path) -> Result<App, ExitCode> {
     })
 }
 
+/// As a user other than root, moves into a user namespace where sandboxes can be made (before
+/// any thread starts), when the application has a service that needs one. A kernel that does
+/// not allow it gets a clear error, and nothing starts.
+pub fn prepare_sandboxes(app: &App) -> Result<(), ExitCode> {
+    let sandboxed = app
+        .services
+        .iter()
+        .filter_map(|(_, s)| s.task.as_ref())
+        .any(|t| t.network_mode == tether_model::spec::NetworkMode::Sandbox);
+    if !sandboxed {
+        return Ok(());
+    }
+    match tether_runner::sandbox::become_root_in_user_namespace() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// Runs a command's async body on a runtime; errors are printed, exit 1.
 pub fn run_async(body: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     let result = tokio::runtime::Builder::new_multi_thread()

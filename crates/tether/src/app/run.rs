@@ -40,6 +40,9 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> ExitCode {
+    // Rootless: a user namespace must be entered before any thread starts. When the kernel
+    // refuses, a sandboxed task fails with that reason; a `networkMode: host` one runs anyway.
+    let _ = tether_runner::sandbox::become_root_in_user_namespace();
     super::run_async(async move {
         tether_control::ensure_data_dir(&args.data)?;
         let data = args.data.canonicalize()?;

@@ -60,6 +60,9 @@ pub fn main(args: Args) -> ExitCode {
         eprintln!("--drain-wait: expected seconds from 0 to 110");
         return ExitCode::from(EX_DATAERR);
     }
+    if let Err(code) = super::prepare_sandboxes(&app) {
+        return code;
+    }
     super::run_async(run(args, app))
 }
 
