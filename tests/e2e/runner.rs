@@ -302,7 +302,40 @@ async fn a_task_sees_only_its_aliases() {
         inside(pid, &get("http://late/")).1
     );
 
-    app.stop(Duration::from_secs(60)).await.unwrap();
+    // `tether run`: one more task of `echo`, outside desiredCount, gets traffic once healthy.
+    let session: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(app.data.join("up.json")).unwrap()).unwrap();
+    let run_data = tempfile::tempdir().unwrap();
+    let mut run = Command::new(BIN);
+    run.current_dir(&app.dir)
+        .args([
+            "run",
+            "--server",
+            session["server"].as_str().unwrap(),
+            "--token",
+            session["token"].as_str().unwrap(),
+        ])
+        .args(["--namespace", "sandbox.test", "--service", "echo", "--drain-wait", "0", "--data"])
+        .arg(run_data.path())
+        .args(["--", "python3", "echo.py", "9000"]);
+    let mut run = tether_testkit::LoggedChild::spawn_with_stdout(run).unwrap();
+    assert_eventually!(Duration::from_secs(30), run.log().contains(": healthy"), "tether run: {}", run.log());
+    assert_eventually!(
+        Duration::from_secs(10),
+        inside(pid, &get("http://echo/")).1.trim().starts_with("echo-run-"),
+        "the standalone task gets no traffic"
+    );
+    run.signal("INT");
+    let status = run.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "tether run: {status:?} {}", run.log());
+    let left = tether_testkit::app::processes_with_env("TETHER_TASK=echo-run-");
+    assert!(left.is_empty(), "tether run left its app behind: {left:?}");
+
+    // `tether down` does what Ctrl-C does.
+    let out = app.tether(&["down"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped"));
+    assert!(app.stop(Duration::from_secs(5)).await.is_ok(), "tether up still runs after tether down");
     assert_eq!(app.leftovers(), vec![], "processes left behind");
 }
 

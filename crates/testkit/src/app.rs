@@ -190,7 +190,10 @@ fn env_of(pid: u32) -> String {
         .replace('\0', "\n")
 }
 
-/// Processes whose environment holds the line `entry`.
+/// Processes whose environment holds a line that starts with `entry` (`TETHER_TASK=api-`).
 pub fn processes_with_env(entry: &str) -> Vec<(u32, String)> {
-    all_processes().into_iter().filter(|(pid, _)| env_of(*pid).lines().any(|l| l == entry)).collect()
+    all_processes()
+        .into_iter()
+        .filter(|(pid, _)| env_of(*pid).lines().any(|l| l.starts_with(entry)))
+        .collect()
 }

@@ -63,8 +63,12 @@ impl Session {
         Ok(session)
     }
 
+    /// Whether the process still runs (an exited one its parent has not yet reaped counts as
+    /// gone).
     pub fn alive(&self) -> bool {
-        Path::new(&format!("/proc/{}", self.pid)).exists()
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
+        // `pid (comm) STATE …`; comm may hold spaces and parentheses, the state follows the last `)`.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
