@@ -545,3 +545,53 @@ async fn requests_cut_off_before_a_response_are_retried_only_when_idempotent() {
     assert_eq!(crashing.requests() - cut_off, failed, "a cut-off POST was sent again");
     assert_eq!(ok.requests() - N, N - failed);
 }
+
+/// An app that dies with requests in hand, behind its own sidecar: that sidecar answers 502
+/// `upstream-failed`, and the caller's sidecar tries a request that may be sent again (a GET)
+/// on another endpoint, where it succeeds. A POST is not sent twice: its 502 reaches the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_dying_mid_request_behind_a_peer_sidecar_costs_no_idempotent_request() {
+    let mut dying = BackendProcess::start("dying").unwrap();
+    let healthy = Backend::start("healthy").await;
+    let inbound = |target: SocketAddr| {
+        format!(
+            "admin: 127.0.0.1:0\ndrainWaitSeconds: 0\ninbound:\n  - {{ portName: api, listen: 127.0.0.1:0, target: {target}, appProtocol: http }}\n"
+        )
+    };
+    let peer_dying = Sidecar::start(TETHER, &inbound(dying.addr)).await.unwrap();
+    let peer_healthy = Sidecar::start(TETHER, &inbound(healthy.addr)).await.unwrap();
+    let mesh = |addr: SocketAddr| format!("{{ address: \"{addr}\", mesh: true }}");
+    let caller = proxy(&[alias(
+        "api",
+        &[mesh(peer_dying.addr("api")), mesh(peer_healthy.addr("api"))],
+        &["loadBalancing: round-robin", NO_EJECTION, AMPLE_BUDGET],
+    )])
+    .await;
+    let url = format!("http://{}/delay/1500", caller.addr("api"));
+    let client = Client::http1();
+    let mut requests = JoinSet::new();
+    for i in 0..6 {
+        let (client, url) = (client.clone(), url.clone());
+        requests.spawn(async move {
+            let reply = if i == 0 { client.post(&url, "order").await } else { client.get(&url).await };
+            (i == 0, reply.unwrap())
+        });
+    }
+    // Round robin: half went to each app; once the healthy one has its share, the dying one
+    // holds the others.
+    assert_eventually!(Duration::from_secs(5), healthy.requests() >= 3, "requests are not in flight");
+    dying.kill();
+    while let Some(outcome) = requests.join_next().await {
+        let (post, reply) = outcome.unwrap();
+        let cause = reply.headers.get("x-tether-error").map(|v| v.to_str().unwrap().to_owned());
+        match (post, reply.status.as_u16()) {
+            (_, 200) => {}
+            (true, 502) => assert_eq!(cause.as_deref(), Some("upstream-failed")),
+            (post, status) => {
+                panic!("{} answered {status} ({cause:?})", if post { "the POST" } else { "a GET" })
+            }
+        }
+    }
+    // The GETs the dying app held were answered by the healthy one.
+    assert!(healthy.requests() >= 5, "only {} requests reached the healthy app", healthy.requests());
+}
