@@ -38,6 +38,7 @@ def reserve(item):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
 
     def do_GET(self):
         url = urlparse(self.path)

@@ -20,6 +20,9 @@ use crate::version::Version;
 
 /// How long an app may take to exit after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often a task that has not yet passed its health check is checked (failures still count
+/// once per `interval`).
+const STARTING_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How long the sidecar may take to bind its inbound listeners after registration.
 const SIDECAR_DEADLINE: Duration = Duration::from_secs(15);
 /// Environment variables that would send an app's calls to some other proxy than its sidecar.
@@ -129,6 +132,7 @@ impl Task {
         let mut lease = self.ctx.lease.clone();
         let mut next_check = tokio::time::Instant::now();
         let mut last_failure = String::new();
+        let mut last_counted = None;
         loop {
             let app = self.app.as_mut().expect("started");
             let sidecar = self.sidecar.as_mut().expect("started");
@@ -150,6 +154,18 @@ impl Task {
                     let now = Instant::now();
                     if let Err(why) = &result {
                         last_failure.clone_from(why);
+                    }
+                    // Until the first pass, checks run often so that a task gets traffic as soon
+                    // as it is ready; a failure counts only once per interval, as ECS counts.
+                    let counts = result.is_ok()
+                        || self.healthy
+                        || last_counted.is_none_or(|at: Instant| now - at >= check.interval());
+                    if !counts {
+                        next_check = tokio::time::Instant::now() + STARTING_CHECK_INTERVAL.min(check.interval());
+                        continue;
+                    }
+                    if result.is_err() {
+                        last_counted = Some(now);
                     }
                     match verdicts.record(result.is_ok(), now) {
                         Some(true) => {
@@ -175,7 +191,8 @@ impl Task {
                     }
                     let interval = match (&check, self.healthy) {
                         (Check::Port(_) | Check::Running, true) => Duration::from_secs(5),
-                        (check, _) => check.interval(),
+                        (check, true) => check.interval(),
+                        (check, false) => STARTING_CHECK_INTERVAL.min(check.interval()),
                     };
                     next_check = tokio::time::Instant::now() + interval;
                 }
