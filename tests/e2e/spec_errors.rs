@@ -8,33 +8,7 @@ use std::process::{Command, Output};
 const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 
 /// The example of design §3.
-const DESIGN_EXAMPLE: &str = r#"namespace: shop.local
-services:
-  payment:
-    command: ["python3", "payment.py"]
-    desiredCount: 2
-    portMappings:
-      - { name: api, containerPort: 3001, appProtocol: http }
-    healthCheck:              # ECS container health check shape
-      command: ["CMD-SHELL", "python3 health.py"]
-      interval: 5
-      timeout: 2
-      retries: 3
-      startPeriod: 5
-    healthCheckGracePeriodSeconds: 30
-    deploymentConfiguration: { minimumHealthyPercent: 100, maximumPercent: 200 }
-    serviceConnectConfiguration:
-      enabled: true
-      services:
-        - portName: api
-          discoveryName: payment-service
-          clientAliases: [{ port: 80, dnsName: payment-service }]
-  frontend:
-    command: ["python3", "frontend.py"]
-    portMappings: [{ name: web, containerPort: 8000, appProtocol: http }]
-    publish: [{ portName: web, hostPort: 8080 }]     # reachable from the host, load-balanced
-    serviceConnectConfiguration: { enabled: true }   # client only
-"#;
+const DESIGN_EXAMPLE: &str = include_str!("../../crates/model/src/spec/testdata/design_example.yaml");
 
 /// Runs `tether validate ARGS…` in `dir`.
 fn validate_in(dir: &Path, args: &[&str]) -> Output {

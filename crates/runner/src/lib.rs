@@ -56,14 +56,8 @@ pub struct RunnerConfig {
 
 /// What every task shares.
 pub(crate) struct Context {
-    pub namespace: String,
+    pub config: RunnerConfig,
     pub client: ControlClient,
-    pub token: String,
-    pub data_dir: PathBuf,
-    pub base_dir: PathBuf,
-    pub tether_exe: PathBuf,
-    pub advertise: IpAddr,
-    pub drain_wait: Duration,
     /// The runner's current lease; a new one when the old one was lost.
     pub lease: watch::Receiver<i64>,
     pub logs: broadcast::Sender<LogLine>,
@@ -82,18 +76,7 @@ impl Runner {
         let lease_id = client.grant_lease(LEASE_TTL).await?;
         let (lease, lease_rx) = watch::channel(lease_id);
         let (logs, _) = broadcast::channel(1024);
-        let ctx = Context {
-            namespace: config.namespace,
-            client,
-            token: config.token,
-            data_dir: config.data_dir,
-            base_dir: config.base_dir,
-            tether_exe: config.tether_exe,
-            advertise: config.advertise,
-            drain_wait: config.drain_wait,
-            lease: lease_rx,
-            logs,
-        };
+        let ctx = Context { config, client, lease: lease_rx, logs };
         Ok(Self { ctx: Arc::new(ctx), lease, status: watch::channel(Status::default()).0 })
     }
 
@@ -116,7 +99,7 @@ impl Runner {
         let mut unreachable = false;
         tokio::pin!(shutdown);
         loop {
-            match ctx.client.services(&ctx.namespace).await {
+            match ctx.client.services(&ctx.config.namespace).await {
                 Ok(services) => {
                     if unreachable {
                         info!("the control plane answers again");
@@ -126,7 +109,7 @@ impl Runner {
                     let mut publishes = false;
                     for entry in services {
                         let Some(version) =
-                            Version::new(entry.revision, &entry.name, &ctx.namespace, entry.spec)
+                            Version::new(entry.revision, &entry.name, &ctx.config.namespace, entry.spec)
                         else {
                             continue;
                         };
@@ -192,27 +175,28 @@ impl Runner {
         shutdown: impl Future<Output = ()>,
     ) -> Result<Option<String>, ApiError> {
         let ctx = self.ctx.clone();
-        let entry = ctx.client.services(&ctx.namespace).await?.into_iter().find(|s| s.name == service);
+        let entry = ctx.client.services(&ctx.config.namespace).await?.into_iter().find(|s| s.name == service);
         let Some(entry) = entry else {
             return Err(ApiError::Refused {
                 method: http::Method::GET,
-                path: format!("/v1/namespaces/{}/services/{service}", ctx.namespace),
+                path: format!("/v1/namespaces/{}/services/{service}", ctx.config.namespace),
                 status: http::StatusCode::NOT_FOUND,
                 message: format!(
                     "namespace {} has no service `{service}`; create it first (tether up, or PUT it)",
-                    ctx.namespace
+                    ctx.config.namespace
                 ),
             });
         };
         let mut spec = entry.spec;
         spec.command = command;
         spec.desired_count = None;
-        let version = Version::new(entry.revision, service, &ctx.namespace, spec).ok_or_else(|| {
-            ApiError::Malformed {
-                path: service.to_owned(),
-                reason: "the service cannot run tasks (an external service?)".into(),
-            }
-        })?;
+        let version =
+            Version::new(entry.revision, service, &ctx.config.namespace, spec).ok_or_else(|| {
+                ApiError::Malformed {
+                    path: service.to_owned(),
+                    reason: "the service cannot run tasks (an external service?)".into(),
+                }
+            })?;
         let keeper = tokio::spawn(keep_lease(ctx.client.clone(), self.lease));
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
         let id = format!("{service}-run-{:06x}", fastrand::u32(..0x100_0000));
@@ -272,7 +256,7 @@ impl Edge {
     async fn keep(&mut self, ctx: &Context, wanted: bool) {
         if let Some(process) = &mut self.process {
             if !wanted {
-                process.stop(ctx.drain_wait + Duration::from_secs(5)).await;
+                process.stop(ctx.config.drain_wait + Duration::from_secs(5)).await;
                 self.process = None;
                 return;
             }
@@ -295,21 +279,21 @@ impl Edge {
 }
 
 async fn start_edge(ctx: &Context) -> std::io::Result<TaskProcess> {
-    let dir = ctx.data_dir.join("edge");
-    let logs = ctx.data_dir.join("logs");
+    let dir = ctx.config.data_dir.join("edge");
+    let logs = ctx.config.data_dir.join("logs");
     std::fs::create_dir_all(&dir)?;
     std::fs::create_dir_all(&logs)?;
-    let mut command = sandbox::host_command(&ctx.tether_exe.to_string_lossy())?;
+    let mut command = sandbox::host_command(&ctx.config.tether_exe.to_string_lossy())?;
     let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     command
         .arg("proxy")
-        .args(["--server", ctx.client.base(), "--namespace", &ctx.namespace, "--edge"])
+        .args(["--server", ctx.client.base(), "--namespace", &ctx.config.namespace, "--edge"])
         .args(["--task", &format!("edge-{}", std::process::id())])
         .args(["--admin", &admin.to_string()])
         .arg("--state-dir")
         .arg(dir.join("proxy"))
-        .args(["--drain-wait", &ctx.drain_wait.as_secs_f64().to_string()])
-        .env("TETHER_TOKEN", &ctx.token)
+        .args(["--drain-wait", &ctx.config.drain_wait.as_secs_f64().to_string()])
+        .env("TETHER_TOKEN", &ctx.config.token)
         .env("TETHER_LOG", "warn");
     TaskProcess::spawn(command, &logs.join("edge.log"), None).await
 }

@@ -185,7 +185,7 @@ impl Supervisor {
             // failed version; the change comes back here as a spec with the same tasks.
             let (ctx, name) = (self.ctx.clone(), self.name.clone());
             tokio::spawn(async move {
-                if let Err(e) = ctx.client.put_service(&ctx.namespace, &name, &from.spec).await {
+                if let Err(e) = ctx.client.put_service(&ctx.config.namespace, &name, &from.spec).await {
                     warn!(service = %name, "cannot restore the previous spec: {e}");
                 }
             });

@@ -97,7 +97,7 @@ struct Task {
 
 impl Task {
     fn new(ctx: Arc<Context>, version: Arc<Version>, id: String) -> Self {
-        let dir = ctx.data_dir.join("tasks").join(&id);
+        let dir = ctx.config.data_dir.join("tasks").join(&id);
         Self {
             ctx,
             version,
@@ -204,7 +204,7 @@ impl Task {
     async fn start(&mut self) -> Result<(), String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
         std::fs::create_dir_all(&self.dir).map_err(|e| fail("cannot create the task's directory", &e))?;
-        let logs = self.ctx.data_dir.join("logs").join(self.service());
+        let logs = self.ctx.config.data_dir.join("logs").join(self.service());
         std::fs::create_dir_all(&logs).map_err(|e| fail("cannot create the log directory", &e))?;
         let sandbox = match self.version.task.network_mode {
             NetworkMode::Sandbox => {
@@ -226,17 +226,24 @@ impl Task {
             };
             ports.push((port.name.clone(), inbound));
         }
-        let mut sidecar = crate::sandbox::host_command(&self.ctx.tether_exe.to_string_lossy())
+        let mut sidecar = crate::sandbox::host_command(&self.ctx.config.tether_exe.to_string_lossy())
             .map_err(|e| fail("cannot prepare the sidecar", &e))?;
         sidecar
             .arg("proxy")
             .args(["--server", self.ctx.client.base()])
-            .args(["--namespace", &self.ctx.namespace, "--service", self.service(), "--task", &self.id])
+            .args([
+                "--namespace",
+                &self.ctx.config.namespace,
+                "--service",
+                self.service(),
+                "--task",
+                &self.id,
+            ])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--state-dir")
             .arg(self.dir.join("proxy"))
-            .args(["--drain-wait", &self.ctx.drain_wait.as_secs_f64().to_string()])
-            .env("TETHER_TOKEN", &self.ctx.token)
+            .args(["--drain-wait", &self.ctx.config.drain_wait.as_secs_f64().to_string()])
+            .env("TETHER_TOKEN", &self.ctx.config.token)
             .env("TETHER_LOG", "warn");
         if let (Some(netns), Some(hosts)) = (sandbox.netns_path(), sandbox.hosts_file()) {
             sidecar.arg("--netns").arg(netns).arg("--hosts-file").arg(hosts);
@@ -250,7 +257,7 @@ impl Task {
         for (port_name, port) in &ports {
             let registration = Registration {
                 task: Some(self.id.clone()),
-                address: self.ctx.advertise,
+                address: self.ctx.config.advertise,
                 port: *port,
                 app_protocol: None,
                 health: Health::Starting,
@@ -282,8 +289,8 @@ impl Task {
     fn prepare(&self, command: &mut tokio::process::Command) {
         let task = &self.version.task;
         let cwd = match &task.working_directory {
-            Some(dir) => self.ctx.base_dir.join(dir),
-            None => self.ctx.base_dir.clone(),
+            Some(dir) => self.ctx.config.base_dir.join(dir),
+            None => self.ctx.config.base_dir.clone(),
         };
         command.current_dir(cwd);
         for name in PROXY_VARIABLES {
@@ -292,7 +299,7 @@ impl Task {
         command
             .env("TETHER_TASK", &self.id)
             .env("TETHER_SERVICE", self.service())
-            .env("TETHER_NAMESPACE", &self.ctx.namespace)
+            .env("TETHER_NAMESPACE", &self.ctx.config.namespace)
             .envs(&task.environment);
     }
 
@@ -316,7 +323,7 @@ impl Task {
             }
             let mut still = Vec::new();
             for port in waiting {
-                let addr = SocketAddr::new(self.ctx.advertise, port);
+                let addr = SocketAddr::new(self.ctx.config.advertise, port);
                 if tokio::net::TcpStream::connect(addr).await.is_err() {
                     still.push(port);
                 }
@@ -339,7 +346,7 @@ impl Task {
             registration.lease = Some(lease);
             self.ctx
                 .client
-                .put_instance(&self.ctx.namespace, &self.version.service.name, id, registration)
+                .put_instance(&self.ctx.config.namespace, &self.version.service.name, id, registration)
                 .await
                 .map_err(|e| format!("cannot register instance {id}: {e}"))?;
         }
@@ -356,12 +363,15 @@ impl Task {
             if let Some(sidecar) = &mut self.sidecar {
                 // The sidecar keeps serving until the change has reached the callers, lets
                 // requests in flight finish, then exits.
-                sidecar.stop(self.ctx.drain_wait + STOP_GRACE).await;
+                sidecar.stop(self.ctx.config.drain_wait + STOP_GRACE).await;
             }
         }
         for (id, _) in &self.instances {
-            if let Err(e) =
-                self.ctx.client.delete_instance(&self.ctx.namespace, &self.version.service.name, id).await
+            if let Err(e) = self
+                .ctx
+                .client
+                .delete_instance(&self.ctx.config.namespace, &self.version.service.name, id)
+                .await
             {
                 warn!(task = %self.id, instance = %id, "cannot deregister: {e}");
             }

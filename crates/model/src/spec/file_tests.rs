@@ -5,33 +5,7 @@ use super::*;
 use crate::spec::{Alias, HealthCommand, NetworkMode, PublishPort};
 
 /// The example of design §3.
-const DESIGN_EXAMPLE: &str = r#"namespace: shop.local
-services:
-  payment:
-    command: ["python3", "payment.py"]
-    desiredCount: 2
-    portMappings:
-      - { name: api, containerPort: 3001, appProtocol: http }
-    healthCheck:              # ECS container health check shape
-      command: ["CMD-SHELL", "python3 health.py"]
-      interval: 5
-      timeout: 2
-      retries: 3
-      startPeriod: 5
-    healthCheckGracePeriodSeconds: 30
-    deploymentConfiguration: { minimumHealthyPercent: 100, maximumPercent: 200 }
-    serviceConnectConfiguration:
-      enabled: true
-      services:
-        - portName: api
-          discoveryName: payment-service
-          clientAliases: [{ port: 80, dnsName: payment-service }]
-  frontend:
-    command: ["python3", "frontend.py"]
-    portMappings: [{ name: web, containerPort: 8000, appProtocol: http }]
-    publish: [{ portName: web, hostPort: 8080 }]     # reachable from the host, load-balanced
-    serviceConnectConfiguration: { enabled: true }   # client only
-"#;
+const DESIGN_EXAMPLE: &str = include_str!("testdata/design_example.yaml");
 
 fn parse(text: &str) -> App {
     App::parse("tether.yaml", text).unwrap_or_else(|e| panic!("unexpected errors:\n{e}"))
