@@ -504,3 +504,37 @@ services:
     assert!(up.wait_exit(Duration::from_secs(30)).await.is_some_and(|s| s.success()), "{}", up.log());
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the app outlived tether up");
 }
+
+/// `tether up --server URL --token T` runs its tasks against a control plane that is already
+/// there (`tether server`), which then knows the services and their healthy instances.
+#[tokio::test]
+async fn up_joins_an_existing_control_plane() {
+    let control = tether_testkit::control::ControlPlane::start(BIN).await.unwrap();
+    let spec = r#"
+namespace: joined.test
+services:
+  echo:
+    command: ["python3", "echo.py", "9000"]
+    desiredCount: 2
+    portMappings: [{ name: http, containerPort: 9000, appProtocol: http }]
+    serviceConnectConfiguration:
+      enabled: true
+      services: [{ portName: http, discoveryName: echo, clientAliases: [{ port: 80, dnsName: echo }] }]
+"#;
+    let url = control.url();
+    let args = ["--server", url.as_str(), "--token", control.token.as_str()];
+    let mut app = RunningApp::start_with(BIN, &[("tether.yaml", spec), ("echo.py", ECHO)], &args).unwrap();
+    app.wait_up(Duration::from_secs(60)).await.unwrap();
+    let reply =
+        control.get("/v1/namespaces/joined.test/services/echo/instances?health=HEALTHY").await.unwrap();
+    assert_eq!(reply.body["instances"].as_array().map(Vec::len), Some(2), "{}", reply.text);
+    app.stop(Duration::from_secs(60)).await.unwrap();
+    let reply = control.get("/v1/namespaces/joined.test/services/echo/instances?health=ALL").await.unwrap();
+    assert_eq!(
+        reply.body["instances"].as_array().map(Vec::len),
+        Some(0),
+        "deregistered on stop: {}",
+        reply.text
+    );
+    assert_eq!(app.leftovers(), vec![], "processes left behind");
+}

@@ -24,28 +24,35 @@ impl RunningApp {
     /// Writes `files` (name, content) into a new folder and runs `tether up` on its
     /// `tether.yaml`.
     pub fn start(bin: &str, files: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_with(bin, files, &["--listen", "127.0.0.1:0"])
+    }
+
+    /// As [`start`](Self::start), with `tether up`'s arguments besides the file and `--data`
+    /// (such as `--server URL --token T`).
+    pub fn start_with(bin: &str, files: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Self> {
         let owned = tempfile::tempdir()?;
         let dir = owned.path().to_path_buf();
         for (name, content) in files {
             std::fs::write(dir.join(name), content)?;
         }
         let data = dir.join(".tether");
-        Self::spawn(bin, &dir.join("tether.yaml"), &data, Some(owned))
+        Self::spawn(bin, &dir.join("tether.yaml"), &data, args, Some(owned))
     }
 
     /// Runs `tether up` on a spec file that exists already, with its state in `data`.
     pub fn start_spec(bin: &str, spec: &Path, data: &Path) -> anyhow::Result<Self> {
-        Self::spawn(bin, spec, data, None)
+        Self::spawn(bin, spec, data, &["--listen", "127.0.0.1:0"], None)
     }
 
-    fn spawn(bin: &str, spec: &Path, data: &Path, owned: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
+    fn spawn(
+        bin: &str,
+        spec: &Path,
+        data: &Path,
+        args: &[&str],
+        owned: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Self> {
         let mut command = Command::new(bin);
-        command.arg("up").arg(spec).arg("--data").arg(data).args([
-            "--listen",
-            "127.0.0.1:0",
-            "--drain-wait",
-            "1",
-        ]);
+        command.arg("up").arg(spec).arg("--data").arg(data).args(args).args(["--drain-wait", "1"]);
         let up = LoggedChild::spawn_with_stdout(command)?;
         let dir = spec.parent().context("a spec file in a folder")?.to_path_buf();
         let (data, spec, bin) = (data.to_path_buf(), spec.to_path_buf(), PathBuf::from(bin));
