@@ -25,7 +25,8 @@ use super::{EX_DATAERR, load_spec};
 ///
 /// The state (embedded store, admin token, task files, logs) is kept in .tether beside the spec
 /// file. `tether ps`, `tether logs SERVICE`, `tether deploy` and `tether down` work against it
-/// from the same folder. Sandboxes need root; `networkMode: host` runs a service without one.
+/// from the same folder. Sandboxes need root, or a kernel that lets users create user
+/// namespaces (then tether up makes one of its own); `networkMode: host` runs a service without.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
