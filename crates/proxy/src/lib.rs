@@ -28,6 +28,7 @@ pub mod netns;
 mod outbound;
 mod resilience;
 mod tcp;
+pub mod tls;
 mod upstream;
 
 use std::collections::HashMap;

@@ -1,0 +1,181 @@
+//! A CA and leaves made with rcgen, as the control plane would issue them (and as it never
+//! would: expired, foreign, without a SPIFFE ID), and TLS ends over an in-memory pipe.
+
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
+};
+use rustls::{ClientConfig, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::DuplexStream;
+
+use crate::tls::verify::PeerVerifier;
+use crate::tls::{
+    ALPN_H2, ALPN_TCP, Credentials, HandshakeError, Identity, SpiffeId, TlsMetrics, TrustBundle, accept,
+    connect, provider,
+};
+
+pub const ALPN: &[&[u8]] = &[ALPN_H2, ALPN_TCP];
+
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub der: CertificateDer<'static>,
+    pub pem: String,
+}
+
+impl Ca {
+    /// A root CA called `name`; two CAs of one name differ in their keys only.
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(2090, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self { der: cert.der().clone(), pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    pub fn issue(&self, leaf: Leaf) -> Issued {
+        let key = Identity::new_key().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = leaf.sans;
+        params.not_before = date_time_ymd(leaf.not_before.0, leaf.not_before.1, leaf.not_before.2);
+        params.not_after = date_time_ymd(leaf.not_after.0, leaf.not_after.1, leaf.not_after.2);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = leaf.usages;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued { key_pem: key.serialize_pem(), der: cert.der().clone(), chain_pem: cert.pem() }
+    }
+}
+
+/// What a leaf certificate says.
+pub struct Leaf {
+    sans: Vec<SanType>,
+    /// Year, month, day.
+    not_before: (i32, u8, u8),
+    not_after: (i32, u8, u8),
+    usages: Vec<ExtendedKeyUsagePurpose>,
+}
+
+impl Leaf {
+    /// A sidecar's certificate as the CA issues it: `spiffe://shop/<service>`, both usages.
+    pub fn spiffe(service: &str) -> Self {
+        Self::with_sans(vec![uri(&format!("spiffe://shop/{service}"))])
+    }
+
+    pub fn with_sans(sans: Vec<SanType>) -> Self {
+        Self {
+            sans,
+            not_before: (2024, 1, 1),
+            not_after: (2089, 1, 1),
+            usages: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        }
+    }
+
+    pub fn expired(mut self) -> Self {
+        self.not_before = (2021, 1, 1);
+        self.not_after = (2021, 1, 2);
+        self
+    }
+
+    pub fn valid_until(mut self, not_after: (i32, u8, u8)) -> Self {
+        self.not_after = not_after;
+        self
+    }
+
+    pub fn usages(mut self, usages: Vec<ExtendedKeyUsagePurpose>) -> Self {
+        self.usages = usages;
+        self
+    }
+}
+
+pub fn uri(s: &str) -> SanType {
+    SanType::URI(s.try_into().unwrap())
+}
+
+pub fn dns(s: &str) -> SanType {
+    SanType::DnsName(s.try_into().unwrap())
+}
+
+pub struct Issued {
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+    pub chain_pem: String,
+}
+
+impl Issued {
+    pub fn identity(&self) -> Identity {
+        Identity::from_issued(KeyPair::from_pem(&self.key_pem).unwrap(), &self.chain_pem).unwrap()
+    }
+
+    pub fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            KeyPair::from_pem(&self.key_pem).unwrap().serialize_der(),
+        ))
+    }
+}
+
+pub fn bundle(roots: &[&Ca]) -> TrustBundle {
+    TrustBundle::new(roots.iter().map(|ca| ca.der.clone()).collect()).unwrap()
+}
+
+/// A sidecar's credentials: `issued` as its identity, `roots` trusted.
+pub fn credentials(issued: &Issued, roots: &[&Ca]) -> Arc<Credentials> {
+    Credentials::new(issued.identity(), bundle(roots), TlsMetrics::default())
+}
+
+pub fn spiffe(service: &str) -> SpiffeId {
+    SpiffeId::new("shop", service).unwrap()
+}
+
+/// A client that presents `issued` whatever it holds (identities refuse some certificates
+/// that a peer could still present) and verifies servers as a sidecar does.
+pub fn client_presenting(issued: &Issued, verifying: &Arc<Credentials>) -> Arc<ClientConfig> {
+    let mut config = ClientConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerVerifier {
+            credentials: verifying.clone(),
+            expected: None,
+        }))
+        .with_client_auth_cert(vec![issued.der.clone()], issued.key())
+        .unwrap();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// The same for a server.
+pub fn server_presenting(issued: &Issued, verifying: &Arc<Credentials>) -> Arc<ServerConfig> {
+    let verifier = PeerVerifier { credentials: verifying.clone(), expected: None };
+    let mut config = ServerConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(vec![issued.der.clone()], issued.key())
+        .unwrap();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub type ServerEnd = tokio_rustls::server::TlsStream<DuplexStream>;
+pub type ClientEnd = tokio_rustls::client::TlsStream<DuplexStream>;
+
+/// Both ends of one handshake over an in-memory pipe, each counting its failures in its own
+/// metrics.
+pub async fn handshake(
+    server: Arc<ServerConfig>,
+    server_metrics: &TlsMetrics,
+    client: Arc<ClientConfig>,
+    client_metrics: &TlsMetrics,
+) -> (Result<(ServerEnd, SpiffeId), HandshakeError>, Result<(ClientEnd, SpiffeId), HandshakeError>) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    tokio::join!(accept(server, a, server_metrics), connect(client, b, client_metrics))
+}
