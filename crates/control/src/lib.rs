@@ -9,6 +9,7 @@
 //!             └─ registry::keys    the key layout; Snapshot + watch_prefix for the proxy stream
 //! ```
 
+pub mod ca;
 mod error;
 pub mod registry;
 pub mod rest;
