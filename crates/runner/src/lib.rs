@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod health;
+mod plan;
 pub mod process;
 pub mod sandbox;
 mod service;

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::Context;
+use crate::plan::{TaskView, plan};
 use crate::status::{DeploymentState, DeploymentStatus, ServiceStatus, Status, TaskState, TaskStatus};
 use crate::task::{self, TaskEvent, TaskHandle};
 use crate::version::Version;
@@ -207,54 +208,28 @@ impl Supervisor {
         }
         let desired = self.target.desired_count() as usize;
         let target = self.target.clone();
-        let is_new = |e: &Entry| e.handle.version.same_tasks(&target);
-        let live = |e: &&Entry| !e.handle.stopping();
-        let new: Vec<String> =
-            self.tasks.iter().filter(|(_, e)| live(e) && is_new(e)).map(|(id, _)| id.clone()).collect();
-        let old = self.tasks.values().filter(|e| live(e) && !is_new(e)).count();
-
-        // Too many of the current version (desiredCount went down): unhealthy ones first, then
-        // the youngest.
-        if new.len() > desired {
-            let mut extra: Vec<&String> = new.iter().collect();
-            extra.sort_by_key(|id| (self.tasks[*id].healthy, std::cmp::Reverse(self.tasks[*id].started)));
-            for id in extra.into_iter().take(new.len() - desired).cloned().collect::<Vec<_>>() {
-                self.stop(&id);
-            }
-        }
-
-        let policy = &self.target.task.deployment;
-        let max_total = (desired * policy.maximum_percent as usize / 100).max(desired);
-        let min_healthy = (desired * policy.minimum_healthy_percent as usize).div_ceil(100);
-        let live_count = new.len().min(desired) + old;
-        let room = if old == 0 { desired } else { max_total }.saturating_sub(live_count);
-        let missing = desired.saturating_sub(new.len()).min(room);
-        if missing > 0 && !self.halted && Instant::now() >= self.not_before {
-            // After a failure, one at a time until one is healthy again.
-            let count = if self.failures_in_a_row > 0 { 1 } else { missing };
-            for _ in 0..count {
-                self.start(events);
-            }
-        }
-
-        // The old version leaves as the new one becomes healthy: tasks that serve nothing first.
-        let mut healthy = self.tasks.values().filter(|e| live(e) && e.healthy).count();
-        let mut old_ids: Vec<(bool, String)> = self
+        let views: Vec<TaskView> = self
             .tasks
             .iter()
-            .filter(|(_, e)| live(e) && !is_new(e))
-            .map(|(id, e)| (e.healthy, id.clone()))
+            .filter(|(_, e)| !e.handle.stopping())
+            .map(|(id, e)| TaskView {
+                id: id.clone(),
+                current: e.handle.version.same_tasks(&target),
+                healthy: e.healthy,
+                started: e.started,
+            })
             .collect();
-        old_ids.sort();
-        for (was_healthy, id) in old_ids {
-            if !was_healthy {
-                self.stop(&id);
-            } else if healthy > min_healthy {
-                self.stop(&id);
-                healthy -= 1;
-            }
+        let may_start = !self.halted && Instant::now() >= self.not_before;
+        let plan = plan(&views, desired, &target.task.deployment, may_start, self.failures_in_a_row > 0);
+        for id in &plan.stop {
+            self.stop(id);
+        }
+        for _ in 0..plan.start {
+            self.start(events);
         }
 
+        let is_new = |e: &Entry| e.handle.version.same_tasks(&target);
+        let live = |e: &&Entry| !e.handle.stopping();
         let settled = self.tasks.values().filter(|e| live(e) && is_new(e) && e.healthy).count() >= desired
             && self.tasks.values().all(|e| !live(&e) || is_new(e));
         if settled {

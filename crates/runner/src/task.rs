@@ -175,8 +175,13 @@ impl Task {
                             let _ = events.send((self.id.clone(), TaskEvent::Healthy));
                         }
                         Some(false) if self.healthy => {
+                            // No traffic from now on; during the grace period the task is not
+                            // replaced, and may become healthy again.
                             self.register_all(Health::Unhealthy).await?;
-                            return Err(format!("unhealthy: {last_failure}"));
+                            if now >= grace_ends {
+                                return Err(format!("unhealthy: {last_failure}"));
+                            }
+                            self.healthy = false;
                         }
                         _ => {}
                     }
