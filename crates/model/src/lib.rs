@@ -6,6 +6,7 @@
 //! beyond what its callers hand it.
 
 mod duration;
+pub mod identity;
 pub mod proxy;
 pub mod registry;
 mod source;

@@ -122,7 +122,7 @@ impl Reason {
                 Some(IdentityError::NoSpiffeId) => Self::NoSpiffeId,
                 Some(
                     IdentityError::SeveralUris { .. }
-                    | IdentityError::Malformed { .. }
+                    | IdentityError::Malformed(_)
                     | IdentityError::Unexpected { .. },
                 ) => Self::BadSpiffeId,
                 Some(IdentityError::BadCertificate { .. }) | None => Self::Other,
