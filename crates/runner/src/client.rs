@@ -52,6 +52,7 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
+    /// A client for the control plane at `base`; an empty `token` sends none.
     pub fn new(base: &str, token: &str) -> Self {
         let http = Client::builder(TokioExecutor::new()).build_http();
         Self { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http }
@@ -127,6 +128,11 @@ impl ControlClient {
         self.delete(&format!("/v1/leases/{id}")).await
     }
 
+    /// `GET path`: the JSON body of a 2xx answer.
+    pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
     async fn delete(&self, path: &str) -> Result<(), ApiError> {
         match self.call::<Value>(Method::DELETE, path, None::<&()>).await {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
@@ -144,18 +150,19 @@ impl ControlClient {
             Some(body) => Bytes::from(serde_json::to_vec(body).expect("request bodies serialize")),
             None => Bytes::new(),
         };
-        let request = Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.base))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+        let mut request = Request::builder().method(method.clone()).uri(format!("{}{path}", self.base));
+        if !self.token.is_empty() {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        }
+        let request = request
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes))
-            .expect("a well-formed request");
+            .map_err(|e| ApiError::Malformed { path: path.to_owned(), reason: e.to_string() })?;
         let unreachable = |reason: String| ApiError::Unreachable { url: self.base.clone(), reason };
         let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
             .await
             .map_err(|_| unreachable(format!("no answer within {TIMEOUT:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(innermost(&e)))?;
         let status = response.status();
         let body = tokio::time::timeout(TIMEOUT, response.into_body().collect())
             .await
@@ -173,4 +180,13 @@ impl ControlClient {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::Malformed { path: path.to_owned(), reason: e.to_string() })
     }
+}
+
+/// The innermost cause of an error, which says it best ("Connection refused").
+fn innermost(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }

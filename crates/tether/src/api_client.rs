@@ -1,20 +1,13 @@
-//! A small client for the control plane's REST API, for the CLI's inspection commands: plain
-//! HTTP/1.1, JSON in and out, errors that say what to do.
+//! The CLI's inspection commands' side of the control plane's REST API: where the token comes
+//! from, and errors that say what to do. The requests themselves go through the runner's
+//! `ControlClient`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use anyhow::{Context, bail};
+use http::StatusCode;
 use serde_json::Value;
-
-/// Every request gives up after this long: a hung server must not hang the CLI.
-const TIMEOUT: Duration = Duration::from_secs(10);
+use tether_runner::{ApiError, ControlClient};
 
 /// Where the control plane is and how to prove who we are.
 #[derive(clap::Args)]
@@ -33,11 +26,9 @@ pub struct Target {
 }
 
 pub struct ApiClient {
-    base: String,
-    token: Option<String>,
+    inner: ControlClient,
     /// Where the token came from, for the message when it is refused.
     token_source: String,
-    inner: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl ApiClient {
@@ -65,48 +56,24 @@ impl ApiClient {
                 (token, source)
             }
         };
-        let inner = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-        Ok(Self { base, token, token_source, inner })
+        let inner = ControlClient::new(&base, token.as_deref().unwrap_or_default());
+        Ok(Self { inner, token_source })
     }
 
     /// `GET path` → the JSON body of a 2xx answer; anything else is an error for people.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let mut request = Request::builder().method(Method::GET).uri(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = request.body(Full::new(Bytes::new())).context("building the request")?;
-        let exchange = async {
-            let response = self.inner.request(request).await.map_err(|e| {
-                // The innermost cause says it best ("Connection refused").
-                let mut cause: &dyn std::error::Error = &e;
-                while let Some(next) = cause.source() {
-                    cause = next;
-                }
-                anyhow!(
-                    "cannot reach the control plane at {}: {cause}; is `tether server` running there? (set --server or TETHER_SERVER)",
-                    self.base
-                )
-            })?;
-            let status = response.status();
-            let body = response.into_body().collect().await.context("reading the answer")?.to_bytes();
-            anyhow::Ok((status, body))
-        };
-        let (status, body) = tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .map_err(|_| anyhow!("the control plane at {} did not answer within {TIMEOUT:?}", self.base))??;
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
-        let message = json.as_ref().and_then(|j| j["error"].as_str()).map(str::to_owned);
-        match status {
-            s if s.is_success() => json
-                .ok_or_else(|| anyhow!("the control plane answered {path} with something other than JSON")),
-            StatusCode::UNAUTHORIZED => bail!(
-                "the control plane at {} refused the token ({}); the token came from {}. Pass the admin token (the server's DATA_DIR/admin.token) with --token or TETHER_TOKEN",
-                self.base,
-                message.unwrap_or_else(|| "401".into()),
+        let base = self.inner.base();
+        match self.inner.get(path).await {
+            Ok(json) => Ok(json),
+            Err(ApiError::Unreachable { reason, .. }) => bail!(
+                "cannot reach the control plane at {base}: {reason}; is `tether server` running there? (set --server or TETHER_SERVER)"
+            ),
+            Err(ApiError::Refused { status: StatusCode::UNAUTHORIZED, message, .. }) => bail!(
+                "the control plane at {base} refused the token ({message}); the token came from {}. Pass the admin token (the server's DATA_DIR/admin.token) with --token or TETHER_TOKEN",
                 self.token_source
             ),
-            s => bail!("{s}: {}", message.unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned())),
+            Err(ApiError::Refused { status, message, .. }) => bail!("{status}: {message}"),
+            Err(e @ ApiError::Malformed { .. }) => Err(e.into()),
         }
     }
 }
