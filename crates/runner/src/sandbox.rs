@@ -110,16 +110,14 @@ impl Sandbox {
             None => None,
         };
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let probe = std::thread::spawn(move || {
-            if let Some(fd) = netns {
-                setns(fd, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            }
-            TcpStream::connect_timeout(&addr, timeout).map(drop)
-        });
         let (done, result) = tokio::sync::oneshot::channel();
-        // The join waits on a thread; hand it to one so the runtime does not block.
+        // A thread of its own: it enters the sandbox's namespace and is not reused after.
         std::thread::spawn(move || {
-            let _ = done.send(probe.join().map(|r| r.is_ok()).unwrap_or(false));
+            let accepted = match netns.map(|fd| setns(fd, CloneFlags::CLONE_NEWNET)) {
+                Some(Err(_)) => false,
+                _ => TcpStream::connect_timeout(&addr, timeout).is_ok(),
+            };
+            let _ = done.send(accepted);
         });
         result.await.unwrap_or(false)
     }

@@ -76,9 +76,14 @@ impl Session {
     }
 }
 
+/// What the runner is doing; nothing yet if `tether up` has only just started.
 pub fn read_state(dir: &Path) -> anyhow::Result<Status> {
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Status::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
     serde_json::from_slice(&text).with_context(|| format!("{} is not a tether state file", path.display()))
 }
 
