@@ -14,6 +14,10 @@ use std::str::FromStr;
 use crate::registry::{check_namespace_name, check_service_name};
 
 const SCHEME: &str = "spiffe://";
+/// The service part of an edge proxy's identity, `spiffe://<namespace>/_edge`: the edge serves
+/// a namespace's published ports and calls its services on behalf of clients outside the mesh.
+/// No service can be named so (service names start with a letter or digit).
+pub const EDGE: &str = "_edge";
 /// The SPIFFE specification's limit on a whole ID.
 pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
 /// How much of a rejected ID an error repeats: enough to recognise it, never a flood in the logs.
@@ -45,7 +49,19 @@ impl SpiffeId {
         Ok(Self { namespace: namespace.to_owned(), service: service.to_owned() })
     }
 
-    /// Parses `spiffe://<namespace>/<service>`. Refuses any other scheme (also `SPIFFE://`),
+    /// The identity of `namespace`'s edge proxy ([`EDGE`]).
+    pub fn edge(namespace: &str) -> Result<Self> {
+        let id = || format!("{SCHEME}{namespace}/{EDGE}");
+        check_namespace_name(namespace).map_err(|reason| bad(&id(), reason))?;
+        Ok(Self { namespace: namespace.to_owned(), service: EDGE.to_owned() })
+    }
+
+    /// Whether this is an edge proxy's identity rather than a service's.
+    pub fn is_edge(&self) -> bool {
+        self.service == EDGE
+    }
+
+    /// Parses `spiffe://<namespace>/<service>` (or an edge's `spiffe://<namespace>/_edge`). Refuses any other scheme (also `SPIFFE://`),
     /// an empty or invalid namespace or service, user info, ports, percent-encoding, further path
     /// segments, a trailing `/`, a query or fragment, and anything over 2048 bytes.
     pub fn parse(id: &str) -> Result<Self> {
@@ -84,8 +100,10 @@ impl SpiffeId {
         }
         check_namespace_name(namespace)
             .map_err(|reason| bad(id, reason.replacen(namespace, &shown(namespace), 1)))?;
-        check_service_name(service)
-            .map_err(|reason| bad(id, reason.replacen(service, &shown(service), 1)))?;
+        if service != EDGE {
+            check_service_name(service)
+                .map_err(|reason| bad(id, reason.replacen(service, &shown(service), 1)))?;
+        }
         Ok(Self { namespace: namespace.to_owned(), service: service.to_owned() })
     }
 
@@ -109,6 +127,20 @@ impl FromStr for SpiffeId {
 
     fn from_str(s: &str) -> Result<Self> {
         Self::parse(s)
+    }
+}
+
+/// Written and read as the ID's text.
+impl serde::Serialize for SpiffeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SpiffeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -142,6 +174,27 @@ mod tests {
         let id = SpiffeId::parse("spiffe://shop.local/payment").unwrap();
         assert_eq!((id.namespace(), id.service()), ("shop.local", "payment"));
         assert_eq!(SpiffeId::new("shop.local", "payment").unwrap(), id);
+        assert!(!id.is_edge());
+    }
+
+    #[test]
+    fn the_edge_has_an_identity_no_service_can_have() {
+        let edge = SpiffeId::edge("shop.local").unwrap();
+        assert_eq!(edge.to_string(), "spiffe://shop.local/_edge");
+        assert!(edge.is_edge());
+        assert_eq!(SpiffeId::parse("spiffe://shop.local/_edge").unwrap(), edge);
+        assert!(SpiffeId::new("shop.local", EDGE).is_err(), "no service is named `_edge`");
+        assert!(SpiffeId::parse("spiffe://shop.local/_edges").is_err());
+    }
+
+    #[test]
+    fn ids_travel_as_their_text() {
+        let id = SpiffeId::new("shop", "payment").unwrap();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"spiffe://shop/payment\"");
+        assert_eq!(serde_json::from_str::<SpiffeId>(&json).unwrap(), id);
+        let refused = serde_json::from_str::<SpiffeId>("\"spiffe://shop/a/b\"").unwrap_err();
+        assert!(refused.to_string().contains("more than one segment"), "{refused}");
     }
 
     #[test]

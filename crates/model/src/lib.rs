@@ -13,9 +13,10 @@ mod source;
 pub mod spec;
 
 pub use duration::Seconds;
+pub use identity::SpiffeId;
 pub use proxy::{
-    AppProtocol, Endpoint, Health, Inbound, Limits, LoadBalancing, Outbound, OutlierDetection, ProxyConfig,
-    RetryPolicy, Timeouts,
+    AppProtocol, Endpoint, Health, Inbound, InboundTls, Limits, LoadBalancing, Outbound, OutlierDetection,
+    ProxyConfig, RetryPolicy, Timeouts,
 };
 pub use source::{ConfigError, ConfigErrors, Source};
 pub use spec::{App, AppSpec};

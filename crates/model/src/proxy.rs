@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::identity::SpiffeId;
 use crate::{ConfigError, ConfigErrors, Seconds, Source};
 
 /// Service Connect's defaults.
@@ -87,6 +88,27 @@ pub struct Inbound {
     pub target: SocketAddr,
     pub app_protocol: AppProtocol,
     pub timeout: Timeouts,
+    /// Mutual TLS: only peers with a certificate from the trust bundle may connect (the
+    /// control plane's CA issues the proxy's own). Without it the port takes plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<InboundTls>,
+}
+
+/// The mutual TLS of an inbound listener (design §8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundTls {
+    /// The identities that may call: any other peer's requests are refused with 403 (tcp: the
+    /// connection is closed). `None`: every identity the trust bundle vouches for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<Vec<SpiffeId>>,
+}
+
+impl InboundTls {
+    /// Whether `peer` may call this listener.
+    pub fn allows(&self, peer: &SpiffeId) -> bool {
+        self.allow_from.as_ref().is_none_or(|allowed| allowed.contains(peer))
+    }
 }
 
 /// A client alias: traffic to `listen` is balanced across `endpoints`.
@@ -105,13 +127,17 @@ pub struct Outbound {
 }
 
 /// One place an outbound listener may send traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Endpoint {
     pub address: SocketAddr,
     /// The address is another tether sidecar's inbound listener: HTTP travels to it as HTTP/2.
     pub mesh: bool,
     /// Only HEALTHY endpoints get traffic, unless none is (then all do). Default HEALTHY.
     pub health: Health,
+    /// Connect with mutual TLS, and only to a peer with this identity (a sidecar of the
+    /// endpoint's service). Without it the connection is plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
 }
 
 /// An instance's health, as the registry knows it (design §6).
@@ -269,6 +295,13 @@ struct RawInbound {
     target: String,
     app_protocol: Option<AppProtocol>,
     timeout: Option<RawTimeouts>,
+    tls: Option<RawInboundTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawInboundTls {
+    allow_from: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -319,11 +352,13 @@ struct RawTimeouts {
     connect_timeout_seconds: Option<f64>,
 }
 
-/// `"127.0.0.1:8080"` or `{ address: "127.0.0.1:8080", mesh: true, health: UNHEALTHY }`.
+/// `"127.0.0.1:8080"` or
+/// `{ address: "127.0.0.1:8080", mesh: true, health: UNHEALTHY, identity: "spiffe://ns/svc" }`.
 struct RawEndpoint {
     address: String,
     mesh: bool,
     health: Health,
+    identity: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for RawEndpoint {
@@ -335,20 +370,32 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                 f.write_str("an address `HOST:PORT` or a mapping `{ address: HOST:PORT, mesh: true }`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEndpoint, E> {
-                Ok(RawEndpoint { address: v.to_owned(), mesh: false, health: Health::default() })
+                Ok(RawEndpoint {
+                    address: v.to_owned(),
+                    mesh: false,
+                    health: Health::default(),
+                    identity: None,
+                })
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEndpoint, A::Error> {
-                let (mut address, mut mesh, mut health) = (None, false, Health::default());
+                let (mut address, mut mesh, mut health, mut identity) =
+                    (None, false, Health::default(), None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "address" => address = Some(map.next_value::<String>()?),
                         "mesh" => mesh = map.next_value::<bool>()?,
                         "health" => health = map.next_value::<Health>()?,
-                        other => return Err(de::Error::unknown_field(other, &["address", "mesh", "health"])),
+                        "identity" => identity = Some(map.next_value::<String>()?),
+                        other => {
+                            return Err(de::Error::unknown_field(
+                                other,
+                                &["address", "mesh", "health", "identity"],
+                            ));
+                        }
                     }
                 }
                 let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
-                Ok(RawEndpoint { address, mesh, health })
+                Ok(RawEndpoint { address, mesh, health, identity })
             }
         }
         d.deserialize_any(EndpointVisitor)
@@ -453,6 +500,12 @@ impl Validator<'_> {
             self.fail(at("discoveryName"), name_rule(64));
         }
         let app_protocol = raw.app_protocol.unwrap_or(AppProtocol::Tcp);
+        let tls = raw.tls.map(|tls| InboundTls {
+            allow_from: tls.allow_from.map(|ids| {
+                let at = |j: usize| format!("inbound[{i}].tls.allowFrom[{j}]");
+                ids.iter().enumerate().filter_map(|(j, id)| self.spiffe_id(at(j), id)).collect()
+            }),
+        });
         Inbound {
             port_name: raw.port_name,
             discovery_name,
@@ -460,6 +513,7 @@ impl Validator<'_> {
             target: self.socket_addr(at("target"), &raw.target),
             app_protocol,
             timeout: self.timeouts(&at("timeout"), raw.timeout, app_protocol),
+            tls,
         }
     }
 
@@ -488,13 +542,20 @@ impl Validator<'_> {
         for (j, e) in raw.endpoints.into_iter().enumerate() {
             let field = format!("outbound[{i}].endpoints[{j}]");
             let address = self.socket_addr(field.clone(), &e.address);
+            let identity = e.identity.and_then(|id| self.spiffe_id(format!("{field}.identity"), &id));
+            if identity.is_some() && !e.mesh {
+                self.fail(
+                    format!("{field}.mesh"),
+                    "an endpoint with an `identity` is a sidecar: set `mesh: true`",
+                );
+            }
             if let Some(first) = seen.insert(address, j) {
                 self.fail(
                     field,
                     format!("`{address}` is listed twice (also endpoints[{first}]); list each endpoint once"),
                 );
             }
-            endpoints.push(Endpoint { address, mesh: e.mesh, health: e.health });
+            endpoints.push(Endpoint { address, mesh: e.mesh, health: e.health, identity });
         }
         let app_protocol = raw.app_protocol.unwrap_or(AppProtocol::Tcp);
         Outbound {
@@ -634,6 +695,16 @@ impl Validator<'_> {
             Some(s) => {
                 self.fail(field.to_owned(), format!("{s} is out of range; expected seconds from 0 to {max}"));
                 default
+            }
+        }
+    }
+
+    fn spiffe_id(&mut self, field: String, text: &str) -> Option<SpiffeId> {
+        match SpiffeId::parse(text) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.fail(field, e.to_string());
+                None
             }
         }
     }

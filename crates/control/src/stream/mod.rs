@@ -313,8 +313,14 @@ mod tests {
     #[test]
     fn a_large_update_travels_in_bounded_pieces_and_only_the_last_says_done() {
         let resources: Vec<Resource> = (0..10).map(|i| resource(&format!("outbound/s{i}"), 20_000)).collect();
-        let update =
-            ConfigUpdate { version: 7, full: true, resources, removed: vec!["gone".into()], more: false };
+        let update = ConfigUpdate {
+            version: 7,
+            full: true,
+            resources,
+            removed: vec!["gone".into()],
+            more: false,
+            ..ConfigUpdate::default()
+        };
         let pieces = pieces(update);
         assert_eq!(pieces.len(), 4, "three resources of 20 kB fit in 64 KiB");
         assert!(pieces.iter().all(|p| p.version == 7 && p.full));

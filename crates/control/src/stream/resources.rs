@@ -44,6 +44,7 @@ pub fn outbound_of(snapshot: &Snapshot, service: &Service, vips: &VirtualIps) ->
             address,
             mesh: false,
             health: Health::Healthy,
+            identity: None,
         }));
         for alias in &discovery.client_aliases {
             let outbound = Outbound {
@@ -93,6 +94,7 @@ fn endpoint(instance: &Instance) -> Endpoint {
         address: SocketAddr::new(instance.address, instance.port),
         mesh: true,
         health: instance.health,
+        identity: None,
     }
 }
 
@@ -124,6 +126,7 @@ pub fn inbound(snapshot: &Snapshot, service: &str, task: &str) -> Resources {
             target: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port.container_port),
             app_protocol: port.app_protocol,
             timeout: port_timeouts(service, &port.name, port.app_protocol),
+            tls: None,
         };
         resources.insert(format!("{}{}", resource::INBOUND, port.name), encode(&inbound));
     }

@@ -39,7 +39,12 @@ fn parses_a_full_config_with_defaults() {
     assert_eq!(pay.load_balancing, LoadBalancing::P2cEwma);
     assert_eq!(
         pay.endpoints[1],
-        Endpoint { address: "127.0.0.1:18082".parse().unwrap(), mesh: true, health: Health::Healthy }
+        Endpoint {
+            address: "127.0.0.1:18082".parse().unwrap(),
+            mesh: true,
+            health: Health::Healthy,
+            identity: None
+        }
     );
     assert_eq!(pay.retry_policy.max_retries, 2);
     assert_eq!(pay.retry_policy.retry_on, [503]);
@@ -191,4 +196,55 @@ fn the_effective_config_reads_back_as_the_same_config() {
         ProxyConfig::parse("effective.json", &effective).expect("the effective config is valid input");
     assert_eq!(again, c);
     assert!(c.outbound[1].timeout.per_request().is_none(), "tcp has no per-request timeout");
+}
+
+#[test]
+fn mutual_tls_settings_are_read_and_checked() {
+    let text = "\
+admin: 127.0.0.1:9901
+inbound:
+  - portName: api
+    listen: 0.0.0.0:15001
+    target: 127.0.0.1:3001
+    tls: { allowFrom: [\"spiffe://shop/orders\", \"spiffe://shop/_edge\"] }
+  - { portName: any, listen: 0.0.0.0:15002, target: 127.0.0.1:3002, tls: {} }
+outbound:
+  - dnsName: payment
+    listen: 127.255.0.1:80
+    endpoints: [{ address: \"127.0.0.1:15001\", mesh: true, identity: \"spiffe://shop/payment\" }]
+";
+    let c = ProxyConfig::parse("proxy.yaml", text).unwrap();
+    let (orders, edge, web) = (
+        SpiffeId::new("shop", "orders").unwrap(),
+        SpiffeId::edge("shop").unwrap(),
+        SpiffeId::new("shop", "web").unwrap(),
+    );
+    let api = c.inbound[0].tls.as_ref().unwrap();
+    assert_eq!(api.allow_from.as_deref(), Some(&[orders.clone(), edge][..]));
+    assert!(api.allows(&orders) && !api.allows(&web));
+    assert!(c.inbound[1].tls.as_ref().unwrap().allows(&web), "no allowFrom: any peer of the bundle");
+    assert_eq!(c.outbound[0].endpoints[0].identity, Some(SpiffeId::new("shop", "payment").unwrap()));
+    // And back: the effective config reads as the same config.
+    let json = serde_json::to_string(&c).unwrap();
+    assert_eq!(ProxyConfig::parse("effective.json", &json).unwrap(), c);
+
+    let bad = errors(
+        "admin: 127.0.0.1:9901
+inbound:
+  - { portName: api, listen: 0.0.0.0:1, target: 127.0.0.1:2, tls: { allowFrom: [\"orders\"] } }
+outbound:
+  - dnsName: payment
+    listen: 127.255.0.1:80
+    endpoints:
+      - { address: \"127.0.0.1:1\", mesh: true, identity: \"spiffe://shop/a/b\" }
+      - { address: \"127.0.0.1:2\", identity: \"spiffe://shop/b\" }
+",
+    );
+    let fields: Vec<&str> = bad.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["inbound[0].tls.allowFrom[0]", "outbound[0].endpoints[0].identity", "outbound[0].endpoints[1].mesh"],
+        "{bad:#?}"
+    );
+    assert!(bad[0].message.contains("does not start with `spiffe://`"), "{}", bad[0].message);
 }
