@@ -49,6 +49,14 @@ pub enum Error {
     /// The store failed in a way that is not the caller's fault (500).
     #[error("store: {0}")]
     Store(String),
+    /// A step the state does not allow yet, such as a CA rotation step that waits for
+    /// sidecars (409): nothing changed.
+    #[error("{0}")]
+    NotYet(String),
+    /// The certificate authority cannot do its work: a supplied CA that does not fit the
+    /// stored one, a failed signature (500).
+    #[error("certificate authority: {0}")]
+    Ca(String),
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{}: {source}", .path.display())]

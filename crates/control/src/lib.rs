@@ -11,6 +11,7 @@
 
 pub mod ca;
 mod error;
+pub mod identity;
 pub mod registry;
 pub mod rest;
 mod server;

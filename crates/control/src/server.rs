@@ -10,6 +10,9 @@ use axum::Router;
 use tether_store::Store;
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use crate::identity::{IdentityOptions, Issuer};
 use crate::registry::Registry;
 use crate::token::AdminToken;
 use crate::{Error, Result, rest};
@@ -39,6 +42,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Holds `admin.token` (and the embedded store, which the caller opens there).
     pub data_dir: PathBuf,
+    /// The certificate authority's settings.
+    pub identity: IdentityOptions,
 }
 
 pub struct Server<S> {
@@ -48,6 +53,7 @@ pub struct Server<S> {
     router: Router,
     token: AdminToken,
     token_path: PathBuf,
+    issuer: Arc<Issuer<S>>,
 }
 
 /// Creates the data directory if it is missing, readable by its owner only (mode 0700): it holds
@@ -61,21 +67,22 @@ pub fn ensure_data_dir(dir: &Path) -> Result<()> {
 }
 
 impl<S: Store> Server<S> {
-    /// Creates the data directory and the admin token if they are missing (the token is shared
-    /// through the store with other replicas, see [`AdminToken::load_or_create`]), and
-    /// binds the listener, so that a taken port fails here and the address is known before
-    /// serving.
+    /// Creates the data directory, the admin token and the CA if they are missing (both are
+    /// shared through the store with other replicas, see [`AdminToken::load_or_create`] and
+    /// [`Issuer::start`]), and binds the listener, so that a taken port fails here and the
+    /// address is known before serving.
     pub async fn bind(config: &ServerConfig, store: S) -> Result<Self> {
         ensure_data_dir(&config.data_dir)?;
         let (token, token_path) = AdminToken::load_or_create(&config.data_dir, &store).await?;
+        let issuer = Issuer::start(store.clone(), config.identity.clone()).await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Bind { addr: config.listen, source })?;
         let local_addr =
             listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
         let registry = Registry::new(store);
-        let router = rest::router(registry.clone(), token.clone());
-        Ok(Self { listener, local_addr, registry, router, token, token_path })
+        let router = rest::router_with(registry.clone(), token.clone(), Some(issuer.clone()));
+        Ok(Self { listener, local_addr, registry, router, token, token_path, issuer })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -90,6 +97,11 @@ impl<S: Store> Server<S> {
     /// The admin token, for services merged onto the listener that accept it too.
     pub fn admin_token(&self) -> &AdminToken {
         &self.token
+    }
+
+    /// The certificate authority, for the proxy stream.
+    pub fn issuer(&self) -> &Arc<Issuer<S>> {
+        &self.issuer
     }
 
     /// Where the admin token is kept.

@@ -128,6 +128,33 @@ impl ControlClient {
         self.delete(&format!("/v1/leases/{id}")).await
     }
 
+    /// A bootstrap token for the sidecar of `task`: of `service`, or the namespace's edge proxy
+    /// when `service` is `None`. It gets that sidecar its config and its certificate, nothing
+    /// else.
+    pub async fn bootstrap_token(
+        &self,
+        ns: &str,
+        service: Option<&str>,
+        task: &str,
+    ) -> Result<String, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: String,
+        }
+        let body = match service {
+            Some(service) => serde_json::json!({ "service": service, "task": task }),
+            None => serde_json::json!({ "edge": true, "task": task }),
+        };
+        let path = format!("/v1/namespaces/{ns}/bootstrap-tokens");
+        let token: Token = self.call(Method::POST, &path, Some(&body)).await?;
+        Ok(token.token)
+    }
+
+    /// `POST path` with a JSON body: the JSON body of a 2xx answer.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ApiError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
     /// `GET path`: the JSON body of a 2xx answer.
     pub async fn get(&self, path: &str) -> Result<Value, ApiError> {
         self.call(Method::GET, path, None::<&()>).await

@@ -286,15 +286,21 @@ async fn start_edge(ctx: &Context) -> std::io::Result<TaskProcess> {
     std::fs::create_dir_all(&logs)?;
     let mut command = sandbox::host_command(&ctx.config.tether_exe.to_string_lossy())?;
     let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let task = format!("edge-{}", std::process::id());
+    let token = ctx
+        .client
+        .bootstrap_token(&ctx.config.namespace, None, &task)
+        .await
+        .map_err(std::io::Error::other)?;
     command
         .arg("proxy")
         .args(["--server", ctx.client.base(), "--namespace", &ctx.config.namespace, "--edge"])
-        .args(["--task", &format!("edge-{}", std::process::id())])
+        .args(["--task", &task])
         .args(["--admin", &admin.to_string()])
         .arg("--state-dir")
         .arg(dir.join("proxy"))
         .args(["--drain-wait", &ctx.config.drain_wait.as_secs_f64().to_string()])
-        .env("TETHER_TOKEN", &ctx.config.token)
+        .env("TETHER_TOKEN", token)
         .env("TETHER_LOG", "warn");
     TaskProcess::spawn(command, &logs.join("edge.log"), None).await
 }

@@ -231,6 +231,12 @@ impl Task {
             };
             ports.push((port.name.clone(), inbound));
         }
+        let token = self
+            .ctx
+            .client
+            .bootstrap_token(&self.ctx.config.namespace, Some(self.service()), &self.id)
+            .await
+            .map_err(|e| fail("cannot get the sidecar's bootstrap token", &e))?;
         let mut sidecar = crate::sandbox::host_command(&self.ctx.config.tether_exe.to_string_lossy())
             .map_err(|e| fail("cannot prepare the sidecar", &e))?;
         sidecar
@@ -248,7 +254,7 @@ impl Task {
             .arg("--state-dir")
             .arg(self.dir.join("proxy"))
             .args(["--drain-wait", &self.ctx.config.drain_wait.as_secs_f64().to_string()])
-            .env("TETHER_TOKEN", &self.ctx.config.token)
+            .env("TETHER_TOKEN", token)
             .env("TETHER_LOG", "warn");
         if let (Some(netns), Some(hosts)) = (sandbox.netns_path(), sandbox.hosts_file()) {
             sidecar.arg("--netns").arg(netns).arg("--hosts-file").arg(hosts);

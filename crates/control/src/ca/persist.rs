@@ -44,6 +44,10 @@ impl<S: Store> CaStore<S> {
         Self { store, key: key.into() }
     }
 
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }

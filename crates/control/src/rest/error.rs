@@ -36,10 +36,13 @@ impl Error {
             | Error::LeaseNotFound(_)
             | Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Taken(_) | Error::NamespaceNotEmpty { .. } | Error::Contended(_) => StatusCode::CONFLICT,
+            Error::Taken(_) | Error::NamespaceNotEmpty { .. } | Error::Contended(_) | Error::NotYet(_) => {
+                StatusCode::CONFLICT
+            }
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Corrupt { .. }
             | Error::Store(_)
+            | Error::Ca(_)
             | Error::Bind { .. }
             | Error::DataDir { .. }
             | Error::Serve(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -8,6 +8,7 @@
 mod error;
 mod extract;
 mod handlers;
+mod identity;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -17,7 +18,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use tether_store::Store;
 
+use std::sync::Arc;
+
 use crate::Error;
+use crate::identity::{BootstrapTokens, Issuer};
 use crate::registry::Registry;
 use crate::token::AdminToken;
 
@@ -26,11 +30,14 @@ pub use handlers::OPENAPI;
 /// What every handler gets.
 pub struct Api<S> {
     pub registry: Registry<S>,
+    /// The certificate authority, when the server runs one.
+    pub issuer: Option<Arc<Issuer<S>>>,
+    pub tokens: BootstrapTokens,
 }
 
 impl<S: Clone> Clone for Api<S> {
     fn clone(&self) -> Self {
-        Self { registry: self.registry.clone() }
+        Self { registry: self.registry.clone(), issuer: self.issuer.clone(), tokens: self.tokens.clone() }
     }
 }
 
@@ -39,6 +46,16 @@ pub const PUBLIC: [(&str, &str); 2] = [("GET", "/healthz"), ("GET", "/openapi.js
 
 /// The API's router, with its state applied: merge other routers into it, or it into others.
 pub fn router<S: Store>(registry: Registry<S>, token: AdminToken) -> Router {
+    router_with(registry, token, None)
+}
+
+/// The same, with the routes of a certificate authority.
+pub fn router_with<S: Store>(
+    registry: Registry<S>,
+    token: AdminToken,
+    issuer: Option<Arc<Issuer<S>>>,
+) -> Router {
+    let tokens = BootstrapTokens::new(&token);
     let protected = routes::<S>().router.route_layer(from_fn_with_state(token, require_token));
     Router::new()
         .route("/healthz", axum::routing::get(handlers::healthz))
@@ -46,7 +63,7 @@ pub fn router<S: Store>(registry: Registry<S>, token: AdminToken) -> Router {
         .merge(protected)
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
-        .with_state(Api { registry })
+        .with_state(Api { registry, issuer, tokens })
 }
 
 /// Every route that needs the token, as `(method, path)`.
@@ -101,6 +118,9 @@ fn routes<S: Store>() -> Routes<S> {
         .add("POST", "/v1/leases", grant_lease::<S>)
         .add("PUT", "/v1/leases/{id}", renew_lease::<S>)
         .add("DELETE", "/v1/leases/{id}", revoke_lease::<S>)
+        .add("POST", "/v1/namespaces/{ns}/bootstrap-tokens", identity::bootstrap_token::<S>)
+        .add("GET", "/v1/ca", identity::get_ca::<S>)
+        .add("POST", "/v1/ca/rotation", identity::rotate::<S>)
 }
 
 const MISSING_TOKEN: &str = "this route needs the admin token: send `Authorization: Bearer TOKEN` (the token is in the server's data directory, file admin.token)";

@@ -16,13 +16,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_api::v1::config_stream_server::{ConfigStream, ConfigStreamServer};
-use tether_api::v1::{ConfigUpdate, Hello, ProxyMessage, Resource, proxy_message};
+use tether_api::v1::{
+    CertificateRequest, ConfigUpdate, Hello, IssuedCertificate, ProxyMessage, Resource, TrustBundle,
+    proxy_message,
+};
+use tether_model::SpiffeId;
+use tether_model::identity::EDGE;
 use tether_store::Store;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::ca::CaState;
+use crate::identity::{BootstrapTokens, Issuer, ProxyHandle, Scope, fingerprint};
 use crate::{AdminToken, Registry};
 use follower::{Change, Followed, Followers, State};
 use resources::{Body, Resources};
@@ -33,11 +40,30 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ConfigStreamService<S> {
     followers: Arc<Followers<S>>,
     token: AdminToken,
+    tokens: BootstrapTokens,
+    issuer: Arc<Issuer<S>>,
+}
+
+/// Who opened a stream, by its bearer token.
+enum Caller {
+    /// The admin token: any proxy of any namespace (runners that predate bootstrap tokens,
+    /// `tether run`, an edge started by hand).
+    Admin,
+    /// A bootstrap token: the one task it was made for.
+    Task(Scope),
 }
 
 impl<S: Store> ConfigStreamService<S> {
-    pub fn new(registry: Registry<S>, token: AdminToken) -> Self {
-        Self { followers: Arc::new(Followers::new(registry)), token }
+    pub fn new(registry: Registry<S>, token: AdminToken, issuer: Arc<Issuer<S>>) -> Self {
+        let tokens = BootstrapTokens::new(&token);
+        Self { followers: Arc::new(Followers::new(registry)), token, tokens, issuer }
+    }
+
+    fn caller(&self, token: &str) -> Option<Caller> {
+        if self.token.matches(token) {
+            return Some(Caller::Admin);
+        }
+        self.tokens.verify(token).map(Caller::Task)
     }
 
     /// The gRPC service as routes to serve beside the REST API (with no fallback of its own,
@@ -59,9 +85,9 @@ impl<S: Store> ConfigStream for ConfigStreamService<S> {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let bearer = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let token = bearer.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default();
-        if !self.token.matches(token) {
-            return Err(Status::unauthenticated("a valid bearer token is required"));
-        }
+        let Some(caller) = self.caller(token) else {
+            return Err(Status::unauthenticated("a valid bearer token (admin or bootstrap) is required"));
+        };
         let mut incoming = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, incoming.message()).await {
             Ok(Ok(Some(ProxyMessage { kind: Some(proxy_message::Kind::Hello(hello)) }))) => hello,
@@ -76,11 +102,81 @@ impl<S: Store> ConfigStream for ConfigStreamService<S> {
                 return Err(Status::invalid_argument(format!("the hello must name the proxy's {field}")));
             }
         }
-        info!(namespace = %hello.namespace, service = %hello.service, task = %hello.task, "proxy subscribed");
+        let identity = identity_of(&hello, &caller)?;
+        info!(namespace = %hello.namespace, service = %hello.service, task = %hello.task, %identity, "proxy subscribed");
         let followed = self.followers.follow(&hello.namespace);
         let (updates, stream) = mpsc::channel(16);
-        tokio::spawn(serve(followed, hello, incoming, updates));
+        let issuing = Issuing {
+            handle: self.issuer.proxies().connect(&hello.namespace, identity.service(), &hello.task),
+            issuer: self.issuer.clone(),
+            identity,
+        };
+        tokio::spawn(serve(followed, hello, incoming, updates, issuing));
         Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+/// The identity a proxy is issued: the one its bootstrap token names (the hello must agree with
+/// it), or with the admin token the one its hello names.
+fn identity_of(hello: &Hello, caller: &Caller) -> Result<SpiffeId, Status> {
+    let service = if hello.edge { EDGE } else { hello.service.as_str() };
+    if let Caller::Task(scope) = caller
+        && (scope.namespace != hello.namespace || scope.service != service || scope.task != hello.task)
+    {
+        return Err(Status::permission_denied(format!(
+            "the bootstrap token is for task `{}` of `{}` in namespace `{}`, not task `{}` of `{}` in `{}`",
+            scope.task, scope.service, scope.namespace, hello.task, service, hello.namespace
+        )));
+    }
+    let id = if hello.edge {
+        SpiffeId::edge(&hello.namespace)
+    } else {
+        SpiffeId::new(&hello.namespace, &hello.service)
+    };
+    id.map_err(|e| Status::invalid_argument(format!("the hello names no identity tether issues: {e}")))
+}
+
+/// A stream's part in identity: what it may be issued, and what it has taken.
+struct Issuing<S> {
+    issuer: Arc<Issuer<S>>,
+    identity: SpiffeId,
+    handle: ProxyHandle,
+}
+
+impl<S: Store> Issuing<S> {
+    /// The bundle to send in update `version`, if it differs from the one sent before.
+    fn bundle(&self, state: &CaState, sent: &mut Option<TrustBundle>, version: u64) -> Option<TrustBundle> {
+        let bundle = TrustBundle { roots_pem: state.bundle().roots().map(str::to_owned).collect() };
+        if sent.as_ref() == Some(&bundle) {
+            return None;
+        }
+        let fingerprints = bundle
+            .roots_pem
+            .iter()
+            .map(|pem| {
+                fingerprint(::pem::parse(pem).map(|p| p.contents().to_vec()).unwrap_or_default().as_slice())
+            })
+            .collect();
+        self.handle.sent_bundle(version, fingerprints);
+        *sent = Some(bundle.clone());
+        Some(bundle)
+    }
+
+    /// The answer to a certificate request, to send in update `version`.
+    fn certificate(&self, request: &CertificateRequest, version: u64) -> IssuedCertificate {
+        match self.issuer.issue(&request.csr_pem, &self.identity) {
+            Ok((issued, signed_by)) => {
+                debug!(identity = %self.identity, not_after = ?issued.not_after, "certificate issued");
+                self.handle.sent_certificate(version, signed_by);
+                IssuedCertificate { chain_pem: issued.chain_pem, error: String::new() }
+            }
+            Err(error) => {
+                if !error.is_callers_fault() {
+                    warn!(identity = %self.identity, %error, "cannot issue a certificate");
+                }
+                IssuedCertificate { chain_pem: String::new(), error: error.to_string() }
+            }
+        }
     }
 }
 
@@ -89,11 +185,12 @@ type Sent = BTreeMap<String, Body>;
 
 /// One proxy's stream: the snapshot, then a delta for every change that concerns it, until the
 /// proxy goes away.
-async fn serve(
+async fn serve<S: Store>(
     followed: Arc<Followed>,
     hello: Hello,
     mut incoming: Streaming<ProxyMessage>,
     updates: mpsc::Sender<Result<ConfigUpdate, Status>>,
+    issuing: Issuing<S>,
 ) {
     let mut me = Me {
         service: hello.service.clone(),
@@ -111,17 +208,44 @@ async fn serve(
     let (mut changes, view) = resubscribe(&followed, &mut me);
     let first = delta(&mut sent, view);
     version += 1;
-    let snapshot =
-        ConfigUpdate { version, full: true, resources: first.resources, ..ConfigUpdate::default() };
+    let mut ca = issuing.issuer.subscribe();
+    let mut bundle_sent = None;
+    let trust_bundle = issuing.bundle(&ca.borrow_and_update(), &mut bundle_sent, version);
+    let snapshot = ConfigUpdate {
+        version,
+        full: true,
+        resources: first.resources,
+        trust_bundle,
+        ..ConfigUpdate::default()
+    };
     if send_in_pieces(&updates, snapshot).await.is_err() {
         return;
     }
     loop {
         tokio::select! {
             message = incoming.message() => match message {
-                Ok(Some(message)) => acknowledge(&hello, message),
+                Ok(Some(ProxyMessage { kind: Some(proxy_message::Kind::CertificateRequest(request)) })) => {
+                    version += 1;
+                    let certificate = Some(issuing.certificate(&request, version));
+                    let update = ConfigUpdate { version, certificate, ..ConfigUpdate::default() };
+                    if send_in_pieces(&updates, update).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(message)) => acknowledge(&hello, &issuing.handle, message),
                 Ok(None) | Err(_) => break,
             },
+            Ok(()) = ca.changed() => {
+                let Some(trust_bundle) = issuing.bundle(&ca.borrow_and_update(), &mut bundle_sent, version + 1) else {
+                    continue;
+                };
+                version += 1;
+                info!(task = %hello.task, roots = trust_bundle.roots_pem.len(), "sending the new trust bundle");
+                let update = ConfigUpdate { version, trust_bundle: Some(trust_bundle), ..ConfigUpdate::default() };
+                if send_in_pieces(&updates, update).await.is_err() {
+                    break;
+                }
+            }
             change = changes.recv() => {
                 // Whatever else has arrived goes into the same update.
                 let mut pending = vec![change];
@@ -236,8 +360,9 @@ async fn send_in_pieces(
 }
 
 fn pieces(update: ConfigUpdate) -> Vec<ConfigUpdate> {
-    let ConfigUpdate { version, full, resources, removed, .. } = update;
-    let mut pieces = vec![ConfigUpdate { version, full, removed, ..ConfigUpdate::default() }];
+    let ConfigUpdate { version, full, resources, removed, trust_bundle, certificate, more: _ } = update;
+    let mut pieces =
+        vec![ConfigUpdate { version, full, removed, trust_bundle, certificate, ..ConfigUpdate::default() }];
     let mut size = 0;
     for resource in resources {
         let len = resource.json.len() + resource.name.len();
@@ -287,17 +412,25 @@ fn apply_changes(sent: &mut Sent, me: &Me, changes: &[&Change]) -> ConfigUpdate 
     update
 }
 
-fn acknowledge(hello: &Hello, message: ProxyMessage) {
+fn acknowledge(hello: &Hello, handle: &ProxyHandle, message: ProxyMessage) {
     match message.kind {
-        Some(proxy_message::Kind::Ack(ack)) => debug!(task = %hello.task, version = ack.version, "ack"),
-        Some(proxy_message::Kind::Nack(nack)) => warn!(
-            namespace = %hello.namespace,
-            service = %hello.service,
-            task = %hello.task,
-            version = nack.version,
-            error = %nack.error,
-            "the proxy refused a config update"
-        ),
+        Some(proxy_message::Kind::Ack(ack)) => {
+            debug!(task = %hello.task, version = ack.version, "ack");
+            handle.acked(ack.version);
+        }
+        Some(proxy_message::Kind::Nack(nack)) => {
+            warn!(
+                namespace = %hello.namespace,
+                service = %hello.service,
+                task = %hello.task,
+                version = nack.version,
+                error = %nack.error,
+                "the proxy refused a config update"
+            );
+            // A NACK refuses the listeners; the trust bundle and certificate an update carries
+            // are taken either way.
+            handle.acked(nack.version);
+        }
         _ => debug!(task = %hello.task, "unexpected message on the proxy stream"),
     }
 }
