@@ -317,8 +317,8 @@ pub struct Port {
     pub name: String,
     pub container_port: u16,
     pub app_protocol: AppProtocol,
-    /// Whether sidecars call this port over mutual TLS: unless its `services[]` entry turns it
-    /// off (also for ports only published or not in `services[]` at all); never for an
+    /// Whether sidecars call this port over mutual TLS: yes unless its `services[]` entry turns
+    /// TLS off, so also for a port only published or with no entry at all; never for an
     /// external service, whose endpoints have no sidecar.
     pub tls: bool,
 }
