@@ -16,7 +16,9 @@
 //! Credentials start empty ([`Credentials::empty`]) and are filled in by the control plane's
 //! stream; without a current certificate and bundle no handshake succeeds (fail closed).
 //!
-//! Not used by the listeners and upstreams yet.
+//! The proxy uses this at both ends of a sidecar-to-sidecar connection: inbound listeners with
+//! `tls` accept only mutual TLS (`crate::mtls`: the handshake, then allowFrom), and endpoints
+//! with an `identity` are reached over it (`crate::upstream::Dialer`).
 
 mod credentials;
 mod identity;
@@ -24,7 +26,7 @@ mod metrics;
 mod verify;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io;
 use std::sync::{Arc, OnceLock};

@@ -9,12 +9,12 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::pki::{
-    ALPN, Ca, ClientEnd, Leaf, client_presenting, credentials, dns, handshake, server_presenting, spiffe, uri,
+    ALPN, Ca, ClientEnd, Leaf, anonymous_client, client_presenting, credentials, dns, handshake,
+    server_presenting, spiffe, tls12_client, uri,
 };
-use crate::tls::verify::PeerVerifier;
 use crate::tls::{
     ALPN_H2, ALPN_TCP, Credentials, HandshakeError, Reason, Side, SpiffeId, TlsMetrics, Unusable, accept,
-    accept_within, client_config, client_config_expecting, connect, provider, server_config,
+    accept_within, client_config, client_config_expecting, connect, server_config,
 };
 
 /// `metrics` counted one failure, for `reason` on `side`, and nothing else.
@@ -170,17 +170,10 @@ async fn a_tls_1_2_client_is_refused() {
     let ca = Ca::new("tether root");
     let issued = ca.issue(Leaf::spiffe("checkout"));
     let ours = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
-    let verifier = PeerVerifier { credentials: ours.clone(), expected: None };
-    let mut tls12 = ClientConfig::builder_with_provider(provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(vec![issued.der.clone()], issued.key())
-        .unwrap();
-    tls12.alpn_protocols = vec![b"h2".to_vec()];
 
-    let told = server_refuses(server_config(&ours, ALPN), Arc::new(tls12), Reason::ProtocolVersion).await;
+    let told =
+        server_refuses(server_config(&ours, ALPN), tls12_client(&issued, &ours), Reason::ProtocolVersion)
+            .await;
     assert_eq!(told, Reason::ProtocolVersion);
 }
 
@@ -188,15 +181,9 @@ async fn a_tls_1_2_client_is_refused() {
 async fn a_client_without_a_certificate_is_refused() {
     let ca = Ca::new("tether root");
     let ours = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
-    let verifier = PeerVerifier { credentials: ours.clone(), expected: None };
-    let anonymous = ClientConfig::builder_with_provider(provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
 
-    let told = server_refuses(server_config(&ours, ALPN), Arc::new(anonymous), Reason::NoClientCert).await;
+    let told =
+        server_refuses(server_config(&ours, ALPN), anonymous_client(&ours), Reason::NoClientCert).await;
     assert_eq!(told, Reason::NoClientCert);
 }
 
