@@ -18,7 +18,7 @@ async fn an_expired_certificate_stops_calls_until_it_is_renewed() {
     let callee =
         Sidecar::start(&callee_config(&http, &echo_app, Some("{}")), &mesh.credentials("payment")).await;
     let credentials = mesh.credentials("checkout");
-    let config = caller_config("checkout", callee.addr("api"), callee.addr("raw"), 0.3);
+    let config = caller_config("checkout", callee.addr("api"), callee.addr("raw"), 1.0);
     let caller = Sidecar::start(&config, &credentials).await;
     assert_eq!(get(caller.addr("payment"), "/", &[]).await.status, 200);
     assert_eq!(caller.admin("/ready").await.status, 200);
@@ -46,7 +46,7 @@ async fn a_callee_with_an_expired_certificate_refuses_handshakes() {
     let (http, echo_app) = (HttpBackend::start().await, EchoBackend::start().await);
     let payment = mesh.credentials("payment");
     let callee = Sidecar::start(&callee_config(&http, &echo_app, Some("{}")), &payment).await;
-    let config = caller_config("checkout", callee.addr("api"), callee.addr("raw"), 0.3);
+    let config = caller_config("checkout", callee.addr("api"), callee.addr("raw"), 1.0);
     let caller = Sidecar::start(&config, &mesh.credentials("checkout")).await;
 
     payment.update_identity(mesh.ca.issue(Leaf::spiffe("payment").expired()).identity());
