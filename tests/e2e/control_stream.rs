@@ -14,13 +14,19 @@ const NS: &str = "shop";
 /// The acceptance bound for a registry change to reach a proxy.
 const PROPAGATION: Duration = Duration::from_millis(100);
 
-/// A service publishing port `http` (HTTP) as `name`, callable at `name:80`.
+/// A service publishing port `http` (HTTP) as `name`, callable at `name:80`. TLS is off: its
+/// instances are the test's backends, which have no sidecar to speak mutual TLS.
 fn published(name: &str) -> Value {
     json!({
         "portMappings": [{ "name": "http", "containerPort": 8080, "appProtocol": "http" }],
         "serviceConnectConfiguration": {
             "enabled": true,
-            "services": [{ "portName": "http", "discoveryName": name, "clientAliases": [{ "port": 80, "dnsName": name }] }]
+            "services": [{
+                "portName": "http",
+                "discoveryName": name,
+                "clientAliases": [{ "port": 80, "dnsName": name }],
+                "tls": { "enabled": false }
+            }]
         }
     })
 }

@@ -1,7 +1,9 @@
-//! The admin endpoint: liveness, readiness, metrics, the effective config and drain.
+//! The admin endpoint: liveness, readiness, metrics, the effective config (with the sidecar's
+//! identity) and drain.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::{Method, Request, Response, StatusCode, header};
@@ -10,29 +12,86 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
 use tether_model::ProxyConfig;
 use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 use crate::body::ProxyBody;
 use crate::drain::Trigger;
+use crate::tls::{Credentials, rfc3339};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub struct Admin {
     registry: Registry,
     /// The effective config, as `/config` shows it.
-    config_json: ArcSwap<String>,
+    config: ArcSwap<Served>,
     drain: Trigger,
+    credentials: Arc<Credentials>,
+}
+
+/// The config being served, and what readiness needs to know of it.
+struct Served {
+    json: Value,
+    /// Some listener takes or makes mutual TLS: the proxy is ready only with usable credentials.
+    needs_tls: bool,
+}
+
+impl Served {
+    fn of(config: &ProxyConfig) -> Self {
+        let json = serde_json::to_value(config).expect("the config serializes");
+        let needs_tls = config.inbound.iter().any(|i| i.tls.is_some())
+            || config.outbound.iter().flat_map(|o| &o.endpoints).any(|e| e.identity.is_some());
+        Self { json, needs_tls }
+    }
 }
 
 impl Admin {
-    pub fn new(registry: Registry, config: &ProxyConfig, drain: Trigger) -> Self {
-        Self { registry, config_json: ArcSwap::from_pointee(to_json(config)), drain }
+    pub fn new(
+        registry: Registry,
+        config: &ProxyConfig,
+        drain: Trigger,
+        credentials: Arc<Credentials>,
+    ) -> Self {
+        Self { registry, config: ArcSwap::from_pointee(Served::of(config)), drain, credentials }
     }
 
     pub fn set_config(&self, config: &ProxyConfig) {
-        self.config_json.store(Arc::new(to_json(config)));
+        self.config.store(Arc::new(Served::of(config)));
+    }
+
+    /// Why the proxy cannot serve what its config asks of it, if it cannot.
+    fn not_ready(&self) -> Option<String> {
+        if self.drain.is_draining() {
+            return Some("draining".to_owned());
+        }
+        let why = self.credentials.unusable().filter(|_| self.config.load().needs_tls)?;
+        Some(format!("mutual TLS is configured and {why}"))
+    }
+
+    /// The effective config, and beside it the identity the proxy proves itself with and how
+    /// many roots it trusts (`null` until the control plane sent them).
+    fn config_json(&self) -> String {
+        let mut json = self.config.load().json.clone();
+        if let Value::Object(fields) = &mut json {
+            let identity = self.credentials.identity().map(|identity| {
+                let left = match identity.not_after().duration_since(SystemTime::now()) {
+                    Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                    Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+                };
+                json!({
+                    "spiffeId": identity.spiffe_id().to_string(),
+                    "notBefore": rfc3339(identity.not_before()),
+                    "notAfter": rfc3339(identity.not_after()),
+                    "expiresInSeconds": left,
+                })
+            });
+            let bundle = self.credentials.bundle().map(|b| json!({ "roots": b.certificates().len() }));
+            fields.insert("identity".to_owned(), identity.unwrap_or(Value::Null));
+            fields.insert("trustBundle".to_owned(), bundle.unwrap_or(Value::Null));
+        }
+        serde_json::to_string_pretty(&json).expect("JSON values serialize")
     }
 
     pub async fn run(self: Arc<Self>, socket: TcpListener) {
@@ -65,10 +124,10 @@ impl Admin {
     fn respond(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-            (&Method::GET, "/ready") if self.drain.is_draining() => {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            }
-            (&Method::GET, "/ready") => text(StatusCode::OK, "ready\n"),
+            (&Method::GET, "/ready") => match self.not_ready() {
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                None => text(StatusCode::OK, "ready\n"),
+            },
             (&Method::GET, "/metrics") => {
                 let mut out = String::new();
                 match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -77,7 +136,7 @@ impl Admin {
                 }
             }
             (&Method::GET, "/config") => {
-                with_type(text(StatusCode::OK, String::clone(&self.config_json.load())), "application/json")
+                with_type(text(StatusCode::OK, self.config_json()), "application/json")
             }
             (&Method::POST, "/drain") => {
                 if !self.drain.is_draining() {
@@ -95,10 +154,6 @@ impl Admin {
             ),
         }
     }
-}
-
-fn to_json(config: &ProxyConfig) -> String {
-    serde_json::to_string_pretty(config).expect("the config serializes")
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {

@@ -3,12 +3,14 @@
 //! Every failure the proxy answers itself goes through [`ProxyError::response`]: one place maps
 //! errors to a status code and the `x-tether-error` header.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::tls::{HandshakeError, SpiffeId, Unusable};
 
 pub const ERROR_HEADER: &str = "x-tether-error";
 
@@ -19,6 +21,8 @@ pub enum Blame {
     Downstream,
     /// The endpoint could not be reached or failed to answer.
     Upstream,
+    /// The proxy cannot do it now, whatever the endpoint: it has no usable certificate.
+    Proxy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,15 @@ pub enum ProxyError {
     ConnectFailed { endpoint: SocketAddr, source: std::io::Error },
     #[error("HTTP handshake with {endpoint} failed: {source}")]
     Handshake { endpoint: SocketAddr, source: hyper::Error },
+    /// The endpoint is not the sidecar it should be, or refused ours: a failure to connect.
+    #[error("mutual TLS with {endpoint} failed: {source}")]
+    TlsHandshake { endpoint: SocketAddr, source: HandshakeError },
+    /// Mutual TLS is required and this sidecar has no usable certificate (fail closed).
+    #[error("cannot call {endpoint} over mutual TLS: {why}")]
+    NoCertificate { endpoint: SocketAddr, why: Unusable },
+    /// The caller may not call this listener (its `allowFrom`).
+    #[error("forbidden: {0}")]
+    Forbidden(Box<Denied>),
     #[error("no response from {endpoint} within the per-request timeout of {timeout:?}")]
     RequestTimeout { endpoint: SocketAddr, timeout: Duration },
     #[error("the request body did not arrive within the per-request timeout of {timeout:?}")]
@@ -49,7 +62,10 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn blame(&self) -> Blame {
         match self {
-            Self::BadRequest { .. } | Self::RequestBodyTimeout { .. } => Blame::Downstream,
+            Self::BadRequest { .. } | Self::RequestBodyTimeout { .. } | Self::Forbidden(_) => {
+                Blame::Downstream
+            }
+            Self::NoCertificate { .. } => Blame::Proxy,
             Self::Framing(v) if v.kind != crate::http::framing::Kind::UpstreamHead => Blame::Downstream,
             _ => Blame::Upstream,
         }
@@ -57,7 +73,14 @@ impl ProxyError {
 
     /// Whether the request provably never reached the app, so another endpoint may take it.
     pub fn never_sent(&self) -> bool {
-        matches!(self, Self::ConnectTimeout { .. } | Self::ConnectFailed { .. } | Self::Handshake { .. })
+        matches!(
+            self,
+            Self::ConnectTimeout { .. }
+                | Self::ConnectFailed { .. }
+                | Self::Handshake { .. }
+                | Self::TlsHandshake { .. }
+                | Self::NoCertificate { .. }
+        )
     }
 
     /// Whether the failure says the endpoint is unreachable or failing (outlier detection).
@@ -67,6 +90,7 @@ impl ProxyError {
             Self::ConnectTimeout { .. }
                 | Self::ConnectFailed { .. }
                 | Self::Handshake { .. }
+                | Self::TlsHandshake { .. }
                 | Self::RequestTimeout { .. }
                 | Self::Upstream { .. }
         )
@@ -78,6 +102,9 @@ impl ProxyError {
             Self::ConnectTimeout { .. } => (StatusCode::SERVICE_UNAVAILABLE, "connect-timeout"),
             Self::ConnectFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "connect-failed"),
             Self::Handshake { .. } => (StatusCode::BAD_GATEWAY, "handshake-failed"),
+            Self::TlsHandshake { .. } => (StatusCode::BAD_GATEWAY, "tls-handshake-failed"),
+            Self::NoCertificate { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-certificate"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::RequestTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             Self::RequestBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request-body-timeout"),
             Self::Upstream { source, .. } if source.is_parse_too_large() => {
@@ -102,6 +129,37 @@ impl ProxyError {
     }
 }
 
+/// A caller refused by an inbound listener's `allowFrom`, as the caller is told.
+#[derive(Debug)]
+pub struct Denied {
+    /// The identity in the caller's verified certificate; `None` on a plaintext connection
+    /// (opened before the listener turned mutual TLS on).
+    pub caller: Option<SpiffeId>,
+    pub listener: String,
+    /// `None`: any identity the trust bundle vouches for.
+    pub allowed: Option<Vec<SpiffeId>>,
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.caller {
+            Some(caller) => write!(f, "`{caller}` may not call `{}`", self.listener)?,
+            None => write!(f, "a caller without mutual TLS may not call `{}`", self.listener)?,
+        }
+        match &self.allowed {
+            Some(allowed) if allowed.is_empty() => write!(f, "; allowFrom is empty: no caller is allowed"),
+            Some(allowed) => {
+                f.write_str("; allowFrom: ")?;
+                for (i, id) in allowed.iter().enumerate() {
+                    write!(f, "{}{id}", if i == 0 { "" } else { ", " })?;
+                }
+                Ok(())
+            }
+            None => f.write_str("; any caller with a certificate of the mesh is allowed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +174,43 @@ mod tests {
         assert_eq!(e.response().status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.blame(), Blame::Upstream);
         assert!(!e.never_sent());
+    }
+
+    #[test]
+    fn mutual_tls_failures_say_whose_they_are() {
+        let endpoint: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let source = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        let refused =
+            HandshakeError { side: crate::tls::Side::Outbound, reason: crate::tls::Reason::Other, source };
+        let e = ProxyError::TlsHandshake { endpoint, source: refused };
+        assert_eq!(e.response().headers()[ERROR_HEADER], "tls-handshake-failed");
+        assert!(e.never_sent() && e.is_gateway_failure());
+
+        // Our own missing certificate is no endpoint's fault.
+        let e = ProxyError::NoCertificate { endpoint, why: Unusable::NotIssued };
+        assert_eq!((e.response().status(), e.blame()), (StatusCode::SERVICE_UNAVAILABLE, Blame::Proxy));
+        assert_eq!(e.response().headers()[ERROR_HEADER], "no-certificate");
+        assert!(e.never_sent() && !e.is_gateway_failure());
+
+        let id = |service| SpiffeId::new("shop", service).unwrap();
+        let denied = |caller, allowed| {
+            ProxyError::Forbidden(Box::new(Denied { caller, listener: "api".into(), allowed }))
+        };
+        let e = denied(Some(id("admin")), Some(vec![id("checkout"), id("cart")]));
+        assert_eq!((e.response().status(), e.blame()), (StatusCode::FORBIDDEN, Blame::Downstream));
+        assert_eq!(e.response().headers()[ERROR_HEADER], "forbidden");
+        assert_eq!(
+            e.to_string(),
+            "forbidden: `spiffe://shop/admin` may not call `api`; allowFrom: spiffe://shop/checkout, spiffe://shop/cart"
+        );
+        assert_eq!(
+            denied(None, None).to_string(),
+            "forbidden: a caller without mutual TLS may not call `api`; any caller with a certificate of the mesh is allowed"
+        );
+        assert!(
+            denied(Some(id("admin")), Some(vec![]))
+                .to_string()
+                .ends_with("allowFrom is empty: no caller is allowed")
+        );
     }
 }

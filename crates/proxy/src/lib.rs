@@ -11,6 +11,10 @@
 //! A sidecar whose task has a network namespace of its own ([`Proxy::bind_in`]) listens for
 //! the app and connects to it inside that namespace, and does everything else in the host's;
 //! it can keep the task's hosts file listing the client aliases ([`Proxy::keep_hosts_file`]).
+//!
+//! Between sidecars, traffic travels over mutual TLS when the config asks for it (an inbound
+//! listener's `tls`, an endpoint's `identity`), proven with [`tls::Credentials`] that the
+//! control plane fills in while the proxy serves ([`Proxy::bind_with`]).
 
 mod admin;
 mod balance;
@@ -22,8 +26,10 @@ mod flood;
 pub mod hosts;
 mod http;
 mod inbound;
+mod io;
 mod listener;
 mod metrics;
+mod mtls;
 pub mod netns;
 mod outbound;
 mod resilience;
@@ -56,6 +62,8 @@ use admin::Admin;
 use drain::Drain;
 use listener::{ConnectionLimit, Listener, Serve};
 use metrics::Metrics;
+use mtls::{Access, Mtls};
+use tls::{Credentials, TlsMetrics};
 
 pub struct Proxy {
     config: ProxyConfig,
@@ -67,6 +75,7 @@ pub struct Proxy {
     drain: Drain,
     /// The task's side of the sockets: outbound listeners and connections to the app.
     task: Network,
+    mtls: Arc<Mtls>,
     hosts: Option<HostsFile>,
 }
 
@@ -86,6 +95,7 @@ struct Running {
     /// 0), to tell whether it moved or changed at all.
     config: Entry,
     serve: Arc<ArcSwap<Serve>>,
+    access: Option<Arc<Access>>,
     /// Dropping it stops the listener.
     _stop: oneshot::Sender<()>,
 }
@@ -99,19 +109,47 @@ impl Proxy {
     /// Like [`bind`](Self::bind), for a task whose app lives in `task`: the outbound listeners
     /// and the connections to the app are made there, the admin endpoint, the inbound listeners
     /// and the connections to endpoints in the host's namespace (design §7).
+    ///
+    /// Its credentials stay empty: listeners with `tls` and endpoints with an `identity` refuse
+    /// to work. A proxy fed by the control plane is bound [`with`](Self::bind_with) credentials
+    /// the control plane fills in.
     pub async fn bind_in(config: ProxyConfig, task: Network) -> Result<Self, BindError> {
+        Self::bind_with(config, task, Credentials::empty(TlsMetrics::new())).await
+    }
+
+    /// Like [`bind_in`](Self::bind_in), proving the sidecar's identity with `credentials` in
+    /// mutual TLS. They may be empty at first and filled in while the proxy serves; until then
+    /// mutual TLS fails closed and `/ready` says why. Their metrics join the proxy's.
+    pub async fn bind_with(
+        config: ProxyConfig,
+        task: Network,
+        credentials: Arc<Credentials>,
+    ) -> Result<Self, BindError> {
         let mut registry = Registry::with_prefix("tether");
         let metrics = Metrics::register(&mut registry, &config.service);
+        credentials.metrics().register(&mut registry);
+        let mtls = Arc::new(Mtls::new(credentials));
         let admin_socket = listener::bind("admin", "admin", config.admin, &Network::Host).await?;
         let mut bound = Vec::with_capacity(config.inbound.len() + config.outbound.len());
         for listener in listeners(&config) {
-            bound.push(listener.bind(&metrics, &task).await?);
+            bound.push(listener.bind(&metrics, &task, &mtls).await?);
         }
         let limit =
             ConnectionLimit::new(config.max_downstream_connections, metrics.downstream_overflows.clone());
         let drain = Drain::new();
-        let admin = Admin::new(registry, &config, drain.trigger());
-        Ok(Self { config, metrics, admin, admin_socket, listeners: bound, limit, drain, task, hosts: None })
+        let admin = Admin::new(registry, &config, drain.trigger(), mtls.credentials().clone());
+        Ok(Self {
+            config,
+            metrics,
+            admin,
+            admin_socket,
+            listeners: bound,
+            limit,
+            drain,
+            task,
+            mtls,
+            hosts: None,
+        })
     }
 
     /// Keeps `hosts` listing the client aliases of the config served, from the first one on:
@@ -135,7 +173,7 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
         mut updates: mpsc::Receiver<Update>,
     ) {
-        let Self { mut config, metrics, admin, admin_socket, listeners, limit, drain, task, mut hosts } =
+        let Self { mut config, metrics, admin, admin_socket, listeners, limit, drain, task, mtls, mut hosts } =
             self;
         let mut running = HashMap::new();
         for (configured, listener) in self::listeners(&config).zip(listeners) {
@@ -154,7 +192,8 @@ impl Proxy {
                 () = &mut shutdown => break,
                 () = drain.requested() => break,
                 Some(update) = updates.recv() => {
-                    let applied = apply(&mut running, &update.config, &metrics, &drain, &limit, &task).await;
+                    let context = Context { metrics: &metrics, drain: &drain, limit: &limit, task: &task, mtls: &mtls };
+                    let applied = apply(&mut running, &update.config, &context).await;
                     if applied.is_ok() {
                         config = update.config;
                         admin.set_config(&config);
@@ -250,31 +289,42 @@ impl ListenerConfig<'_> {
         }
     }
 
-    async fn bind(&self, metrics: &Metrics, task: &Network) -> Result<Listener, BindError> {
+    async fn bind(&self, metrics: &Metrics, task: &Network, mtls: &Arc<Mtls>) -> Result<Listener, BindError> {
         let (kind, name) = self.key();
         let sockets = self.sockets(task);
-        let serve = self.serve(metrics, &sockets.connect);
-        Listener::bind(kind, &name, self.listen(), serve, &sockets.listen).await
+        let serve = self.serve(metrics, &sockets.connect, mtls);
+        // Inbound listeners face other hosts: who may connect is theirs to decide.
+        let access = match self {
+            Self::Inbound(c) => Some(Arc::new(Access::new(c, mtls.clone(), metrics.denied()))),
+            Self::Outbound(_) => None,
+        };
+        Listener::bind(kind, &name, self.listen(), serve, access, &sockets.listen).await
     }
 
-    fn serve(&self, metrics: &Metrics, connect: &Network) -> Serve {
+    fn serve(&self, metrics: &Metrics, connect: &Network, mtls: &Mtls) -> Serve {
+        let credentials = mtls.credentials();
         let serve = match self {
-            Self::Inbound(c) => inbound::serve(c, metrics),
-            Self::Outbound(c) => outbound::serve(c, metrics),
+            Self::Inbound(c) => inbound::serve(c, metrics, credentials),
+            Self::Outbound(c) => outbound::serve(c, metrics, credentials),
         };
         serve.connecting_from(connect)
     }
 
-    fn update(&self, serve: &ArcSwap<Serve>, metrics: &Metrics, task: &Network) {
+    fn update(&self, running: &Running, metrics: &Metrics, task: &Network, mtls: &Mtls) {
+        if let (Self::Inbound(c), Some(access)) = (self, &running.access) {
+            access.update(c);
+        }
         // A listener that changes protocol gets new routes, built here so that they connect
         // from the right namespace; otherwise its routes are updated in place.
+        let serve = &running.serve;
         if serve.load().is_http() != self.is_http() {
-            serve.store(Arc::new(self.serve(metrics, &self.sockets(task).connect)));
+            serve.store(Arc::new(self.serve(metrics, &self.sockets(task).connect, mtls)));
             return;
         }
+        let credentials = mtls.credentials();
         match self {
-            Self::Inbound(c) => inbound::update(serve, c, metrics),
-            Self::Outbound(c) => outbound::update(serve, c, metrics),
+            Self::Inbound(c) => inbound::update(serve, c, metrics, credentials),
+            Self::Outbound(c) => outbound::update(serve, c, metrics, credentials),
         }
     }
 }
@@ -293,9 +343,18 @@ fn listeners(config: &ProxyConfig) -> impl Iterator<Item = ListenerConfig<'_>> {
 fn start(listener: Listener, config: Entry, drain: &Drain, limit: &Arc<ConnectionLimit>) -> Running {
     info!(kind = %listener.kind, name = %listener.name, addr = %listener.local_addr(), "listening");
     let (stop, stopped) = oneshot::channel();
-    let serve = listener.serve();
+    let (serve, access) = (listener.serve(), listener.access());
     tokio::spawn(listener.run(drain.watch(), limit.clone(), stopped));
-    Running { config, serve, _stop: stop }
+    Running { config, serve, access, _stop: stop }
+}
+
+/// What a running proxy builds listeners with.
+struct Context<'a> {
+    metrics: &'a Metrics,
+    drain: &'a Drain,
+    limit: &'a Arc<ConnectionLimit>,
+    task: &'a Network,
+    mtls: &'a Arc<Mtls>,
 }
 
 /// Moves the running listeners to `config`. A listener that keeps its address is updated in
@@ -304,16 +363,13 @@ fn start(listener: Listener, config: Entry, drain: &Drain, limit: &Arc<Connectio
 async fn apply(
     running: &mut HashMap<ListenerKey, Running>,
     config: &ProxyConfig,
-    metrics: &Metrics,
-    drain: &Drain,
-    limit: &Arc<ConnectionLimit>,
-    task: &Network,
+    cx: &Context<'_>,
 ) -> Result<(), BindError> {
     let mut bound = Vec::new();
     for listener in listeners(config) {
         let key = listener.key();
         if running.get(&key).is_none_or(|r| r.config.listen() != listener.listen()) {
-            bound.push((key, listener.entry(), listener.bind(metrics, task).await?));
+            bound.push((key, listener.entry(), listener.bind(cx.metrics, cx.task, cx.mtls).await?));
         }
     }
     // Everything could be bound: from here on nothing fails.
@@ -331,12 +387,12 @@ async fn apply(
         if let Some(r) = running.get_mut(key).filter(|r| !listener.is(&r.config))
             && !bound.iter().any(|(k, ..)| k == key)
         {
-            listener.update(&r.serve, metrics, task);
+            listener.update(r, cx.metrics, cx.task, cx.mtls);
             r.config = listener.entry();
         }
     }
     for (key, entry, listener) in bound {
-        running.insert(key, start(listener, entry, drain, limit));
+        running.insert(key, start(listener, entry, cx.drain, cx.limit));
     }
     Ok(())
 }

@@ -15,6 +15,8 @@ use tracing::{debug, warn};
 use crate::drain::{Phase, Watch};
 use crate::http::Route;
 use crate::http::server::{self, Peer};
+use crate::io::Io;
+use crate::mtls::{Access, Caller};
 use crate::netns::Network;
 use crate::tcp::TcpRoute;
 
@@ -22,11 +24,16 @@ use crate::tcp::TcpRoute;
 /// through one clone changes what the running listener does.
 #[derive(Clone)]
 pub enum Serve {
-    Http { route: Arc<Route>, peer: Peer },
+    Http { route: Arc<Route>, builder: Arc<auto::Builder<TokioExecutor>> },
     Tcp(Arc<TcpRoute>),
 }
 
 impl Serve {
+    /// HTTP to `route` from `peer`, with the limits that peer gets.
+    pub fn http(route: Route, peer: Peer) -> Self {
+        Self::Http { route: Arc::new(route), builder: Arc::new(server::builder(peer)) }
+    }
+
     pub fn is_http(&self) -> bool {
         matches!(self, Self::Http { .. })
     }
@@ -51,6 +58,8 @@ pub struct Listener {
     /// Read once per accepted connection, so that a config change reaches new connections
     /// without rebinding the socket.
     serve: Arc<ArcSwap<Serve>>,
+    /// Inbound listeners: who may connect, over plaintext or mutual TLS.
+    access: Option<Arc<Access>>,
 }
 
 /// Failing to bind a listener: which one, where, and why.
@@ -84,10 +93,12 @@ impl Listener {
         name: &str,
         addr: SocketAddr,
         serve: Serve,
+        access: Option<Arc<Access>>,
         network: &Network,
     ) -> Result<Self, BindError> {
         let socket = bind(kind, name, addr, network).await?;
-        Ok(Self { kind, name: name.to_owned(), socket, serve: Arc::new(ArcSwap::from_pointee(serve)) })
+        let serve = Arc::new(ArcSwap::from_pointee(serve));
+        Ok(Self { kind, name: name.to_owned(), socket, serve, access })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -99,12 +110,16 @@ impl Listener {
         self.serve.clone()
     }
 
+    /// Who may connect (inbound listeners); updating it changes that for what follows.
+    pub fn access(&self) -> Option<Arc<Access>> {
+        self.access.clone()
+    }
+
     /// Accepts connections until the proxy closes or `stop`'s sender is dropped (the listener
     /// left the config); connections already accepted carry on.
     /// A connection beyond `limit` is accepted and closed at once: leaving it in the backlog
     /// would only fill the backlog, and the peer learns at once that it must go elsewhere.
     pub async fn run(self, mut drain: Watch, limit: Arc<ConnectionLimit>, mut stop: oneshot::Receiver<()>) {
-        let mut builders: [Option<Arc<auto::Builder<TokioExecutor>>>; 2] = [None, None];
         loop {
             let accepted = tokio::select! {
                 _ = drain.reached(Phase::Closing) => break,
@@ -128,26 +143,34 @@ impl Listener {
             };
             debug!(listener = %self.name, %peer, "accepted");
             let _ = stream.set_nodelay(true);
-            match &**self.serve.load() {
-                Serve::Http { route, peer } => {
-                    let builder = builders[*peer as usize]
-                        .get_or_insert_with(|| Arc::new(server::builder(*peer)))
-                        .clone();
-                    let serve = server::serve(stream, route.clone(), builder, route.idle(), drain.clone());
-                    tokio::spawn(async move {
-                        serve.await;
-                        drop(permit);
-                    });
+            let serve = self.serve.load_full();
+            let access = self.access.clone();
+            let watch = drain.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                // The handshake, if the listener takes mutual TLS, runs in the connection's own
+                // task: a slow one must not hold up the accept loop.
+                let (io, caller) = match access {
+                    None => (Io::Plain(stream), None),
+                    Some(access) => match access.accept(stream, peer, serve.is_http()).await {
+                        Some((io, caller)) => (io, Some(Arc::new(caller))),
+                        None => return,
+                    },
+                };
+                match &*serve {
+                    Serve::Http { route, builder } => {
+                        server::serve(io, route.clone(), builder.clone(), route.idle(), watch, caller).await
+                    }
+                    Serve::Tcp(route) => {
+                        if let Some(Err(error)) = caller.as_deref().map(Caller::check) {
+                            debug!(%peer, %error, "closing");
+                            return;
+                        }
+                        route.clone().serve(io).await;
+                        drop(watch);
+                    }
                 }
-                Serve::Tcp(route) => {
-                    let route = route.clone();
-                    let watch = drain.clone();
-                    tokio::spawn(async move {
-                        route.serve(stream).await;
-                        drop((watch, permit));
-                    });
-                }
-            }
+            });
         }
         debug!(listener = %self.name, "closed");
     }

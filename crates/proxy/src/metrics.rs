@@ -36,6 +36,13 @@ struct TargetResponseLabels {
     code_class: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeniedLabels {
+    service: String,
+    listener: String,
+    caller: String,
+}
+
 /// Response time buckets, in seconds: 0.5 ms to 30 s.
 const LATENCY_BUCKETS: [f64; 15] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -57,6 +64,7 @@ pub struct Metrics {
     target_overflows: Family<TargetLabels, Counter>,
     target_no_healthy_endpoints: Family<TargetLabels, Counter>,
     target_endpoints: Family<TargetStateLabels, Gauge>,
+    denied_requests: Family<DeniedLabels, Counter>,
     /// Downstream connections closed at once because `maxDownstreamConnections` were open.
     pub downstream_overflows: Counter,
 }
@@ -117,6 +125,7 @@ impl Metrics {
             target_overflows: Family::default(),
             target_no_healthy_endpoints: Family::default(),
             target_endpoints: Family::default(),
+            denied_requests: Family::default(),
             downstream_overflows: Counter::default(),
         };
         let r = registry;
@@ -150,6 +159,11 @@ impl Metrics {
             "target_endpoints",
             "Endpoints by state (total, healthy, ejected)",
             m.target_endpoints.clone(),
+        );
+        r.register(
+            "denied_requests",
+            "Requests (tcp: connections) an inbound listener's allowFrom refused, by caller",
+            m.denied_requests.clone(),
         );
         r.register(
             "downstream_overflows",
@@ -210,6 +224,32 @@ impl Metrics {
                 endpoints_ejected: state("ejected"),
             },
         }
+    }
+}
+
+/// Counts the callers an inbound listener refuses. The `caller` label is a SPIFFE ID the trust
+/// bundle vouches for, so there are at most as many series as services in the mesh.
+#[derive(Clone)]
+pub struct DeniedMetrics {
+    family: Family<DeniedLabels, Counter>,
+    service: String,
+}
+
+impl DeniedMetrics {
+    /// `caller`: the SPIFFE ID, or `none` on a plaintext connection.
+    pub fn denied(&self, listener: &str, caller: &str) {
+        let labels = DeniedLabels {
+            service: self.service.clone(),
+            listener: listener.to_owned(),
+            caller: caller.to_owned(),
+        };
+        self.family.get_or_create(&labels).inc();
+    }
+}
+
+impl Metrics {
+    pub fn denied(&self) -> DeniedMetrics {
+        DeniedMetrics { family: self.denied_requests.clone(), service: self.service.clone() }
     }
 }
 

@@ -1,6 +1,7 @@
-//! Raw TCP: each accepted connection is spliced to one endpoint. Half-closes propagate (a FIN
-//! in one direction is passed on while the other keeps flowing), and a connection that moves
-//! no byte either way for the idle timeout is closed.
+//! Raw TCP: each accepted connection is spliced to one endpoint (to another sidecar over
+//! mutual TLS when the endpoint has an identity). Half-closes propagate (a FIN, or a TLS
+//! close_notify, in one direction is passed on while the other keeps flowing), and a connection
+//! that moves no byte either way for the idle timeout is closed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,16 +14,17 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
 use crate::balance::{Balancer, Load};
 use crate::error::ProxyError;
+use crate::io::Io;
 use crate::metrics::ListenerMetrics;
 use crate::netns::Network;
 use crate::resilience::{Outcome, OutlierState, Outliers};
-use crate::upstream::connect;
+use crate::tls::{ALPN_TCP, Credentials, SpiffeId};
+use crate::upstream::Dialer;
 use tether_model::{LoadBalancing, OutlierDetection, Timeouts};
 
 const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -35,6 +37,17 @@ pub struct TcpRoute {
     metrics: ListenerMetrics,
     /// Where connections to the endpoints are made from; the host's unless told otherwise.
     network: Network,
+    /// What connections to endpoints with an identity prove this sidecar with.
+    credentials: Arc<Credentials>,
+}
+
+/// An endpoint as the config gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpEndpointSpec {
+    pub addr: SocketAddr,
+    pub healthy: bool,
+    /// A sidecar reached over mutual TLS, which must prove it is this identity.
+    pub identity: Option<SpiffeId>,
 }
 
 /// How a tcp route treats its endpoints.
@@ -54,21 +67,29 @@ struct TcpRouting {
 
 struct TcpEndpoint {
     addr: SocketAddr,
+    identity: Option<SpiffeId>,
+    dialer: Dialer,
     healthy: AtomicBool,
     load: Load,
     outlier: OutlierState,
 }
 
 impl TcpRoute {
-    /// `endpoints`: each address, and whether it is healthy.
     pub fn new(
         name: String,
-        endpoints: &[(SocketAddr, bool)],
+        endpoints: &[TcpEndpointSpec],
         settings: TcpSettings,
         metrics: ListenerMetrics,
+        credentials: &Arc<Credentials>,
     ) -> Self {
-        let routing = TcpRouting::build(endpoints, settings, None, &metrics);
-        Self { name, current: ArcSwap::from_pointee(routing), metrics, network: Network::Host }
+        let routing = TcpRouting::build(endpoints, settings, None, &metrics, credentials);
+        Self {
+            name,
+            current: ArcSwap::from_pointee(routing),
+            metrics,
+            network: Network::Host,
+            credentials: credentials.clone(),
+        }
     }
 
     /// Connects to the endpoints from `network` (the app's namespace, for an inbound route).
@@ -77,13 +98,14 @@ impl TcpRoute {
     }
 
     /// Sends new connections by `settings` to `endpoints`; see [`crate::http::Route::update`].
-    pub fn update(&self, endpoints: &[(SocketAddr, bool)], settings: TcpSettings) {
+    pub fn update(&self, endpoints: &[TcpEndpointSpec], settings: TcpSettings) {
         let previous = self.current.load();
-        let routing = TcpRouting::build(endpoints, settings, Some(&previous), &self.metrics);
+        let routing =
+            TcpRouting::build(endpoints, settings, Some(&previous), &self.metrics, &self.credentials);
         self.current.store(Arc::new(routing));
     }
 
-    pub async fn serve(self: Arc<Self>, downstream: TcpStream) {
+    pub async fn serve(self: Arc<Self>, downstream: Io) {
         self.metrics.requests.inc();
         let _open = self.metrics.connection();
         let r = self.current.load_full();
@@ -116,7 +138,7 @@ impl TcpRoute {
     }
 
     /// Connects to a usable endpoint, trying others (at most three in all) when connecting fails.
-    async fn connect(&self, r: &TcpRouting) -> Result<(TcpStream, Arc<TcpEndpoint>), ProxyError> {
+    async fn connect(&self, r: &TcpRouting) -> Result<(Io, Arc<TcpEndpoint>), ProxyError> {
         let mut tried = Vec::with_capacity(MAX_CONNECT_ATTEMPTS);
         let connect_timeout = r.settings.timeouts.connect();
         loop {
@@ -134,7 +156,7 @@ impl TcpRoute {
             let i = choice.index;
             let endpoint = &r.endpoints[i];
             let start = Instant::now();
-            let connected = connect(endpoint.addr, connect_timeout, &self.network).await;
+            let connected = endpoint.dialer.dial(&self.network).await;
             // A connect that failed or timed out is latency too (see http::Route::forward).
             endpoint.load.observe_attempt(start.elapsed(), connected.is_ok(), connect_timeout);
             match connected {
@@ -142,6 +164,8 @@ impl TcpRoute {
                     r.outliers.record(&endpoint.outlier, Outcome::Success, r.endpoints.len());
                     return Ok((stream, endpoint.clone()));
                 }
+                // No certificate of our own: no other endpoint would fare better.
+                Err(error) if !error.is_gateway_failure() => return Err(error),
                 Err(error) => {
                     r.outliers.record(&endpoint.outlier, Outcome::GatewayFailure, r.endpoints.len());
                     tried.push(i);
@@ -157,23 +181,34 @@ impl TcpRoute {
 
 impl TcpRouting {
     fn build(
-        specs: &[(SocketAddr, bool)],
+        specs: &[TcpEndpointSpec],
         settings: TcpSettings,
         previous: Option<&TcpRouting>,
         metrics: &ListenerMetrics,
+        credentials: &Arc<Credentials>,
     ) -> Self {
         let m = &metrics.resilience;
         let same = previous.filter(|p| p.settings == settings);
+        let connect = settings.timeouts.connect();
+        let kept = |spec: &TcpEndpointSpec| {
+            let same = same?.endpoints.iter().find(|e| e.addr == spec.addr && e.identity == spec.identity);
+            same.cloned()
+        };
         let endpoints: Vec<Arc<TcpEndpoint>> = specs
             .iter()
-            .map(|&(addr, healthy)| match same.and_then(|p| p.endpoints.iter().find(|e| e.addr == addr)) {
+            .map(|spec| match kept(spec) {
                 Some(e) => {
-                    e.healthy.store(healthy, Ordering::Relaxed);
-                    e.clone()
+                    e.healthy.store(spec.healthy, Ordering::Relaxed);
+                    e
                 }
                 None => Arc::new(TcpEndpoint {
-                    addr,
-                    healthy: AtomicBool::new(healthy),
+                    addr: spec.addr,
+                    identity: spec.identity.clone(),
+                    dialer: match &spec.identity {
+                        Some(id) => Dialer::mutual_tls(spec.addr, connect, credentials, id.clone(), ALPN_TCP),
+                        None => Dialer::plain(spec.addr, connect),
+                    },
+                    healthy: AtomicBool::new(spec.healthy),
                     load: Load::new(),
                     outlier: OutlierState::default(),
                 }),
@@ -207,14 +242,14 @@ async fn idle_for(limit: Duration, last: &AtomicU64, epoch: Instant) {
 
 /// A stream that counts the bytes read from it and notes when it last moved any.
 struct Tracked<'a> {
-    inner: TcpStream,
+    inner: Io,
     bytes: &'a Counter,
     last: &'a AtomicU64,
     epoch: Instant,
 }
 
 impl<'a> Tracked<'a> {
-    fn new(inner: TcpStream, bytes: &'a Counter, last: &'a AtomicU64, epoch: Instant) -> Self {
+    fn new(inner: Io, bytes: &'a Counter, last: &'a AtomicU64, epoch: Instant) -> Self {
         Self { inner, bytes, last, epoch }
     }
 }

@@ -5,6 +5,10 @@
 //! Every proxy in a namespace may call every published service, so outbound resources are the
 //! same for all of them: they are encoded once per change and shared. Inbound resources depend
 //! on the task.
+//!
+//! A port with TLS on (the default) is reached over mutual TLS: its instances' endpoints carry
+//! the identity their sidecars prove, `spiffe://<namespace>/<service>`, and its inbound listener
+//! checks callers against the service's `allowFrom`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -13,8 +17,10 @@ use tether_api::resource;
 use tether_model::registry::Instance;
 use tether_model::spec::{Discovery, Port, Service};
 use tether_model::{
-    AppProtocol, Endpoint, Health, Inbound, Limits, LoadBalancing, Outbound, OutlierDetection, Timeouts,
+    AppProtocol, Endpoint, Health, Inbound, InboundTls, Limits, LoadBalancing, Outbound, OutlierDetection,
+    SpiffeId, Timeouts,
 };
+use tracing::warn;
 
 use crate::Snapshot;
 
@@ -38,8 +44,8 @@ pub fn outbound(snapshot: &Snapshot, vips: &VirtualIps) -> Resources {
 pub fn outbound_of(snapshot: &Snapshot, service: &Service, vips: &VirtualIps) -> Resources {
     let mut resources = Resources::new();
     for discovery in &service.discovery {
-        let mut endpoints: Vec<Endpoint> =
-            routable(snapshot, service).filter(|i| serves(i, service, discovery)).map(endpoint).collect();
+        let instances = routable(snapshot, service).filter(|i| serves(i, service, discovery));
+        let mut endpoints = mesh_endpoints(service, &discovery.port_name, instances);
         endpoints.extend(service.external_endpoints.iter().map(|&address| Endpoint {
             address,
             mesh: false,
@@ -62,10 +68,9 @@ pub fn outbound_of(snapshot: &Snapshot, service: &Service, vips: &VirtualIps) ->
         }
     }
     for publish in &service.publish {
-        let endpoints = routable(snapshot, service)
-            .filter(|i| i.port_name.as_deref() == Some(publish.port_name.as_str()))
-            .map(endpoint)
-            .collect();
+        let instances = routable(snapshot, service)
+            .filter(|i| i.port_name.as_deref() == Some(publish.port_name.as_str()));
+        let endpoints = mesh_endpoints(service, &publish.port_name, instances);
         let name = format!("{}.{}", service.name, publish.port_name);
         let outbound = Outbound {
             dns_name: name.clone(),
@@ -89,13 +94,31 @@ fn routable<'a>(snapshot: &'a Snapshot, service: &'a Service) -> impl Iterator<I
     snapshot.instances_of(&service.name).filter(|i| i.health != Health::Starting)
 }
 
-fn endpoint(instance: &Instance) -> Endpoint {
-    Endpoint {
-        address: SocketAddr::new(instance.address, instance.port),
-        mesh: true,
-        health: instance.health,
-        identity: None,
-    }
+/// `instances` of `service` serving port `port_name`, as endpoints: other sidecars, reached
+/// over mutual TLS and expected to prove the service's identity when the port has TLS on. When
+/// that identity cannot be made (names the registry refuses, so only from a store edited by
+/// hand) there are no endpoints at all: never plaintext in place of TLS.
+fn mesh_endpoints<'a>(
+    service: &Service,
+    port_name: &str,
+    instances: impl Iterator<Item = &'a Instance>,
+) -> Vec<Endpoint> {
+    let tls = service.port(port_name).is_some_and(|p| p.tls);
+    let identity = match tls.then(|| SpiffeId::new(&service.namespace, &service.name)).transpose() {
+        Ok(identity) => identity,
+        Err(error) => {
+            warn!(%error, service = %service.name, "the service has no identity; its instances get no traffic");
+            return Vec::new();
+        }
+    };
+    instances
+        .map(|instance| Endpoint {
+            address: SocketAddr::new(instance.address, instance.port),
+            mesh: true,
+            health: instance.health,
+            identity: identity.clone(),
+        })
+        .collect()
 }
 
 /// The timeouts of a port: its published endpoint's, else the defaults for its protocol.
@@ -126,11 +149,23 @@ pub fn inbound(snapshot: &Snapshot, service: &str, task: &str) -> Resources {
             target: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port.container_port),
             app_protocol: port.app_protocol,
             timeout: port_timeouts(service, &port.name, port.app_protocol),
-            tls: None,
+            tls: port.tls.then(|| InboundTls { allow_from: allowed_callers(service, port) }),
         };
         resources.insert(format!("{}{}", resource::INBOUND, port.name), encode(&inbound));
     }
     resources
+}
+
+/// Who may call `port`: None for every service of the namespace; else the services `allowFrom`
+/// names, and the edge proxy when the port is published (it carries outside clients to it). An
+/// ID that cannot be made is left out: refused, never allowed by mistake.
+fn allowed_callers(service: &Service, port: &Port) -> Option<Vec<SpiffeId>> {
+    let names = service.allow_from.as_ref()?;
+    let ns = &service.namespace;
+    let published = service.publish.iter().any(|p| p.port_name == port.name);
+    let services = names.iter().filter_map(|name| SpiffeId::new(ns, name).ok());
+    let edge = published.then(|| SpiffeId::edge(ns).ok()).flatten();
+    Some(services.chain(edge).collect())
 }
 
 /// The port mapping an instance serves: the one it names, or the service's only published one.
@@ -142,7 +177,7 @@ fn instance_port<'a>(instance: &Instance, service: &'a Service) -> Option<&'a Po
             _ => return None,
         },
     };
-    service.ports.iter().find(|p| p.name == name)
+    service.port(name)
 }
 
 /// Whether `instance` serves `discovery`: it names its port, or names none and the service
@@ -211,7 +246,144 @@ fn encode(value: &impl serde::Serialize) -> Body {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+    use tether_model::spec::ServiceSpec;
+
     use super::*;
+    use crate::ServiceRecord;
+
+    const NS: &str = "shop.local";
+
+    /// `payment`: port `api` published to the mesh as `payment:80` and on host port 8080, and
+    /// port `admin`, reached only by registered instances; both TLS unless `change` says so.
+    fn shop(change: impl FnOnce(&mut Value)) -> Snapshot {
+        let mut payment = json!({
+            "portMappings": [
+                { "name": "api", "containerPort": 3001, "appProtocol": "http" },
+                { "name": "admin", "containerPort": 3002, "appProtocol": "http" }
+            ],
+            "publish": [{ "portName": "api", "hostPort": 8080 }],
+            "serviceConnectConfiguration": {
+                "enabled": true,
+                "services": [{ "portName": "api", "clientAliases": [{ "port": 80, "dnsName": "payment" }] }]
+            }
+        });
+        change(&mut payment);
+        let external = json!({
+            "endpoints": ["10.0.0.5:5432"],
+            "portMappings": [{ "name": "db", "containerPort": 5432 }],
+            "serviceConnectConfiguration": {
+                "enabled": true,
+                "services": [{ "portName": "db", "clientAliases": [{ "port": 5432, "dnsName": "db" }] }]
+            }
+        });
+        let mut snapshot = Snapshot { namespace: NS.into(), ..Snapshot::default() };
+        for (name, spec) in [("payment", payment), ("db", external)] {
+            let spec: ServiceSpec = serde_json::from_value(spec).unwrap();
+            let service = spec.validate(name, NS).unwrap();
+            snapshot.services.insert(name.into(), ServiceRecord { spec, service, revision: 1 });
+        }
+        let instances =
+            [("t1-api", "api", 15001), ("t1-admin", "admin", 15002)].map(|(id, port_name, port)| {
+                let instance = Instance {
+                    id: id.into(),
+                    task: "t1".into(),
+                    address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+                    port,
+                    app_protocol: AppProtocol::Http,
+                    health: Health::Healthy,
+                    attributes: BTreeMap::new(),
+                    port_name: Some(port_name.into()),
+                    lease: None,
+                    revision: 1,
+                };
+                (id.to_owned(), instance)
+            });
+        snapshot.instances.insert("payment".into(), instances.into());
+        snapshot
+    }
+
+    fn decode(resources: &Resources, name: &str) -> Value {
+        let body = resources.get(name).unwrap_or_else(|| panic!("no {name} in {:?}", resources.keys()));
+        serde_json::from_slice(body).unwrap()
+    }
+
+    fn identities(outbound: &Value) -> Vec<Value> {
+        outbound["endpoints"].as_array().unwrap().iter().map(|e| e["identity"].clone()).collect()
+    }
+
+    #[test]
+    fn mesh_endpoints_carry_the_identity_of_their_service_external_ones_none() {
+        let snapshot = shop(|_| {});
+        let aliases = outbound(&snapshot, &VirtualIps::of_namespace(&snapshot));
+        let payment = [json!("spiffe://shop.local/payment")];
+        assert_eq!(identities(&decode(&aliases, "outbound/payment")), payment);
+        assert_eq!(identities(&decode(&aliases, "outbound/publish:payment.api")), payment);
+        let db = decode(&aliases, "outbound/db");
+        assert_eq!(
+            db["endpoints"],
+            json!([{ "address": "10.0.0.5:5432", "mesh": false, "health": "HEALTHY" }])
+        );
+    }
+
+    #[test]
+    fn inbound_listeners_of_tls_ports_take_mutual_tls_from_any_service_without_allow_from() {
+        let listeners = inbound(&shop(|_| {}), "payment", "t1");
+        for port in ["api", "admin"] {
+            assert_eq!(decode(&listeners, &format!("inbound/{port}"))["tls"], json!({}), "{port}");
+        }
+    }
+
+    #[test]
+    fn allow_from_lists_the_callers_and_the_edge_on_published_ports() {
+        let snapshot = shop(|spec| spec["allowFrom"] = json!(["orders", "payment"]));
+        let listeners = inbound(&snapshot, "payment", "t1");
+        let callers = ["spiffe://shop.local/orders", "spiffe://shop.local/payment"];
+        let published = [callers[0], callers[1], "spiffe://shop.local/_edge"];
+        assert_eq!(decode(&listeners, "inbound/api")["tls"], json!({ "allowFrom": published }));
+        assert_eq!(decode(&listeners, "inbound/admin")["tls"], json!({ "allowFrom": callers }));
+        // Nobody from the mesh: the edge still carries outside clients to the published port.
+        let snapshot = shop(|spec| spec["allowFrom"] = json!([]));
+        let listeners = inbound(&snapshot, "payment", "t1");
+        assert_eq!(decode(&listeners, "inbound/api")["tls"], json!({ "allowFrom": [published[2]] }));
+        assert_eq!(decode(&listeners, "inbound/admin")["tls"], json!({ "allowFrom": [] }));
+    }
+
+    #[test]
+    fn a_sidecar_takes_the_resources_with_their_identities() {
+        let snapshot = shop(|spec| spec["allowFrom"] = json!(["orders"]));
+        let aliases = outbound(&snapshot, &VirtualIps::of_namespace(&snapshot));
+        let listeners = inbound(&snapshot, "payment", "t1");
+        let bodies = |r: &Resources| -> Vec<Value> { r.keys().map(|name| decode(r, name)).collect() };
+        let document =
+            json!({ "admin": "127.0.0.1:9901", "inbound": bodies(&listeners), "outbound": bodies(&aliases) });
+        let config = tether_model::ProxyConfig::parse_streamed("stream", &document.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let payment = SpiffeId::new(NS, "payment").unwrap();
+        let api = config.outbound.iter().find(|o| o.dns_name == "payment").unwrap();
+        assert_eq!(api.endpoints[0].identity.as_ref(), Some(&payment));
+        let tls = config.inbound.iter().find(|i| i.port_name == "api").unwrap().tls.as_ref().unwrap();
+        assert!(
+            tls.allows(&SpiffeId::new(NS, "orders").unwrap()) && tls.allows(&SpiffeId::edge(NS).unwrap())
+        );
+        assert!(!tls.allows(&payment));
+    }
+
+    #[test]
+    fn a_port_with_tls_off_is_plaintext_both_ways() {
+        let snapshot = shop(|spec| {
+            spec["serviceConnectConfiguration"]["services"][0]["tls"] = json!({ "enabled": false });
+            spec["allowFrom"] = json!(["orders"]);
+        });
+        let aliases = outbound(&snapshot, &VirtualIps::of_namespace(&snapshot));
+        assert_eq!(identities(&decode(&aliases, "outbound/payment")), [Value::Null]);
+        assert_eq!(identities(&decode(&aliases, "outbound/publish:payment.api")), [Value::Null]);
+        let listeners = inbound(&snapshot, "payment", "t1");
+        assert_eq!(decode(&listeners, "inbound/api").get("tls"), None);
+        // The other port keeps its TLS and its callers.
+        let admin = &decode(&listeners, "inbound/admin")["tls"];
+        assert_eq!(*admin, json!({ "allowFrom": ["spiffe://shop.local/orders"] }));
+    }
 
     #[test]
     fn virtual_ips_are_stable_distinct_and_inside_the_block() {

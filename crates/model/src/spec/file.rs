@@ -12,7 +12,7 @@ use super::{
     ClientAlias, FieldError, FieldErrors, PortMapping, Service, ServiceConnectConfiguration,
     ServiceConnectService, ServiceSpec, TimeoutSpec, namespace_conflicts,
 };
-use crate::registry::check_namespace_name;
+use crate::registry::{check_namespace_name, check_service_name};
 use crate::{AppProtocol, ConfigError, ConfigErrors, Source};
 
 /// The port mapping an external service is given when converted to a [`ServiceSpec`].
@@ -223,11 +223,34 @@ impl AppSpec {
                 }
             }
         }
+        for (name, spec) in &self.services {
+            self.check_callers(name, spec, &mut errors);
+        }
         if !errors.is_empty() {
             return Err(FieldErrors(errors));
         }
         let services = entries.into_values().map(|(_, spec, service)| (spec, service)).collect();
         Ok(App { namespace: self.namespace.clone(), services })
+    }
+
+    /// A file holds its whole namespace, so every name in a service's `allowFrom` must be one of
+    /// its services (a name that is no service name at all is the service's own error).
+    fn check_callers(&self, name: &str, spec: &ServiceSpec, errors: &mut Vec<FieldError>) {
+        let callers = spec.allow_from.iter().flatten().enumerate();
+        for (i, caller) in callers.filter(|(_, caller)| check_service_name(caller).is_ok()) {
+            if self.services.contains_key(caller) {
+                continue;
+            }
+            let message = if self.external_services.contains_key(caller) {
+                format!(
+                    "`{caller}` is an external service: it runs outside the mesh, with no sidecar and no certificate to call with, so it cannot be allowed by identity; remove it"
+                )
+            } else {
+                let names: Vec<&str> = self.services.keys().map(String::as_str).collect();
+                format!("`{caller}` names no service of this file; expected one of: {}", names.join(", "))
+            };
+            errors.push(FieldError::new(format!("services.{name}.allowFrom[{i}]"), message));
+        }
     }
 }
 
@@ -289,6 +312,7 @@ impl ExternalServiceSpec {
                     client_aliases: self.client_aliases.clone(),
                     ingress_port_override: None,
                     timeout: self.timeout.clone(),
+                    tls: None,
                 }],
                 log_configuration: None,
                 access_log_configuration: None,

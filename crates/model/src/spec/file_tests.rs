@@ -259,3 +259,71 @@ fn a_file_that_cannot_be_read_is_one_error() {
     assert_eq!(errors.0[0].file, "/nonexistent/tether.yaml");
     assert!(errors.0[0].message.contains("cannot read"), "{}", errors.0[0]);
 }
+
+const CALLERS: &str = "namespace: shop.local
+services:
+  orders:
+    command: [./orders]
+  payment:
+    command: [./payment]
+    portMappings: [{ name: api, containerPort: 3001, appProtocol: http }]
+    allowFrom: [orders, payment]
+    serviceConnectConfiguration:
+      enabled: true
+      services:
+        - portName: api
+          tls: { enabled: true }
+externalServices:
+  db:
+    endpoints: [\"10.0.0.5:5432\"]
+    clientAliases: [{ port: 5432 }]
+";
+
+#[test]
+fn allow_from_names_services_of_the_file() {
+    let app = parse(CALLERS);
+    let payment = app.service("payment").unwrap();
+    assert_eq!(payment.allow_from, Some(vec!["orders".into(), "payment".into()]));
+    assert!(payment.ports[0].tls);
+    assert_eq!(app.service("orders").unwrap().allow_from, None);
+    assert!(!app.service("db").unwrap().ports[0].tls, "an external service has no sidecar");
+
+    rejects(
+        &CALLERS.replace("[orders, payment]", "[orders, billing]"),
+        8,
+        "services.payment.allowFrom[1]",
+        &["`billing` names no service of this file", "expected one of: orders, payment"],
+    );
+    rejects(
+        &CALLERS.replace("[orders, payment]", "[db]"),
+        8,
+        "services.payment.allowFrom[0]",
+        &["`db` is an external service", "no certificate"],
+    );
+    // A name that is no service name is said once, by the service's own check.
+    rejects(
+        &CALLERS.replace("[orders, payment]", "[orders, -x]"),
+        8,
+        "services.payment.allowFrom[1]",
+        &["not a valid service name"],
+    );
+    rejects(
+        &CALLERS.replace("enabled: true }", "enabled: false }"),
+        8,
+        "services.payment.allowFrom",
+        &["allowFrom needs tls: the caller's identity comes from its certificate"],
+    );
+}
+
+#[test]
+fn aws_tls_fields_are_placed_where_they_were_written() {
+    let text = CALLERS.replace(
+        "          tls: { enabled: true }\n",
+        "          tls:\n            issuerCertificateAuthority:\n              awsPcaAuthorityArn: arn:aws:acm-pca:us-east-1:123:certificate-authority/x\n            kmsKey: arn:aws:kms:us-east-1:123:key/y\n",
+    );
+    let errors = errors(&text);
+    let found: Vec<(usize, String)> = errors.iter().map(|e| (e.line, e.field.clone())).collect();
+    let at = "services.payment.serviceConnectConfiguration.services[0].tls";
+    assert_eq!(found, [(14, format!("{at}.issuerCertificateAuthority")), (16, format!("{at}.kmsKey"))]);
+    assert!(errors[0].message.contains("tether's certificate authority is built in"), "{}", errors[0]);
+}

@@ -62,6 +62,12 @@ pub struct ServiceSpec {
     pub publish: Vec<Publish>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_connect_configuration: Option<ServiceConnectConfiguration>,
+    /// The services whose tasks may call this one (tether's addition, design §8), checked at
+    /// this service's sidecars against the caller's certificate, so only ports with TLS on can
+    /// enforce it. Absent: every service of the namespace. A service's own tasks are callers
+    /// like any other, and the namespace's edge proxy may always call the ports in `publish`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<Vec<String>>,
     /// How callers retry requests to this service (tether's addition). Default: the proxy's
     /// defaults (2 retries on 503, within a budget of 20% + 10/s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +175,26 @@ pub struct ServiceConnectService {
     pub ingress_port_override: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<TimeoutSpec>,
+    /// Mutual TLS between sidecars on this port. Default on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// `services[].tls`: Service Connect's TLS block. tether's certificate authority is built in, so
+/// only `enabled` means something; ECS's fields that name an AWS CA, key or role are read only
+/// to say so, where they were written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsSpec {
+    /// Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_certificate_authority: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<serde_json::Value>,
 }
 
 /// A name and port callers use to reach a published endpoint.
@@ -277,6 +303,11 @@ pub struct Service {
     pub publish: Vec<PublishPort>,
     /// Fixed endpoints of an external service (always treated as healthy).
     pub external_endpoints: Vec<std::net::SocketAddr>,
+    /// The only services whose sidecars may call this one's TLS ports (`allowFrom`, in the order
+    /// written; the edge proxy may also call published ports); None: every service of the
+    /// namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<Vec<String>>,
 }
 
 /// A port mapping with its protocol filled in.
@@ -286,6 +317,10 @@ pub struct Port {
     pub name: String,
     pub container_port: u16,
     pub app_protocol: AppProtocol,
+    /// Whether sidecars call this port over mutual TLS: yes unless its `services[]` entry turns
+    /// TLS off, so also for a port only published or with no entry at all; never for an
+    /// external service, whose endpoints have no sidecar.
+    pub tls: bool,
 }
 
 /// One published endpoint, defaults filled in.
@@ -315,6 +350,11 @@ impl Service {
     /// The published endpoint of the port mapping `port_name`, if it is published.
     pub fn discovery_for_port(&self, port_name: &str) -> Option<&Discovery> {
         self.discovery.iter().find(|d| d.port_name == port_name)
+    }
+
+    /// The port mapping called `name`.
+    pub fn port(&self, name: &str) -> Option<&Port> {
+        self.ports.iter().find(|p| p.name == name)
     }
 }
 

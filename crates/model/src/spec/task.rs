@@ -191,6 +191,7 @@ impl Checker<'_> {
             ("environment", !spec.environment.is_empty()),
             ("workingDirectory", spec.working_directory.is_some()),
             ("networkMode", spec.network_mode.is_some()),
+            ("allowFrom", spec.allow_from.is_some()),
         ];
         for (field, _) in runs_tasks.into_iter().filter(|(_, written)| *written) {
             self.fail(
@@ -198,6 +199,13 @@ impl Checker<'_> {
                 format!(
                     "a service with `endpoints` is outside the mesh and runs no tasks, so `{field}` has no meaning: remove `{field}`, or remove `endpoints` to run tasks"
                 ),
+            );
+        }
+        let entries = spec.service_connect_configuration.iter().flat_map(|sc| sc.services.iter().enumerate());
+        for (i, _) in entries.filter(|(_, entry)| entry.tls.is_some()) {
+            self.fail(
+                format!("serviceConnectConfiguration.services[{i}].tls"),
+                "a service with `endpoints` is outside the mesh: its endpoints have no sidecar to speak mutual TLS with, so `tls` has no meaning; remove it",
             );
         }
         let mut seen = HashMap::new();

@@ -579,3 +579,129 @@ fn published_ports_carry_their_mapping() {
         }]
     );
 }
+
+// ---- mutual TLS and allowFrom ----------------------------------------------------------------
+
+#[test]
+fn tls_is_on_unless_a_port_turns_it_off() {
+    let mut value = payment();
+    value["portMappings"] = json!([
+        { "name": "api", "containerPort": 3001, "appProtocol": "http" },
+        { "name": "admin", "containerPort": 3002, "appProtocol": "http" },
+        { "name": "raw", "containerPort": 3003 }
+    ]);
+    value["publish"] = json!([{ "portName": "admin", "hostPort": 8080 }]);
+    let tls = |service: &Service| -> Vec<bool> { service.ports.iter().map(|p| p.tls).collect() };
+    // A port with an entry, a port only published, a port with neither: all TLS.
+    let service = valid(value.clone());
+    assert_eq!(tls(&service), [true, true, true]);
+    assert_eq!(service.allow_from, None);
+
+    for (written, on) in
+        [(json!({}), true), (json!({ "enabled": true }), true), (json!({ "enabled": false }), false)]
+    {
+        value["serviceConnectConfiguration"]["services"][0]["tls"] = written.clone();
+        let service = valid(value.clone());
+        assert_eq!(tls(&service), [on, true, true], "tls: {written}");
+        assert_eq!(service.port("api").map(|p| p.tls), Some(on));
+    }
+    // Service Connect off changes nothing: every task still has its sidecar.
+    value["serviceConnectConfiguration"]["enabled"] = json!(false);
+    assert_eq!(tls(&valid(value)), [false, true, true]);
+}
+
+#[test]
+fn tls_takes_only_enabled_and_says_that_the_ca_is_built_in() {
+    let at = "serviceConnectConfiguration.services[0].tls";
+    for (field, value) in [
+        ("issuerCertificateAuthority", json!({ "awsPcaAuthorityArn": "arn:aws:acm-pca:…" })),
+        ("kmsKey", json!("arn:aws:kms:…")),
+        ("roleArn", json!("arn:aws:iam::…")),
+    ] {
+        rejects(
+            |v| {
+                v["serviceConnectConfiguration"]["services"][0]["tls"] =
+                    json!({ "enabled": true, field: value })
+            },
+            &format!("{at}.{field}"),
+            &["AWS-specific", "tether's certificate authority is built in", &format!("remove `{field}`")],
+        );
+    }
+    let mut value = payment();
+    value["serviceConnectConfiguration"]["services"][0]["tls"] = json!({ "enable": true });
+    let e = serde_json::from_value::<ServiceSpec>(value).unwrap_err().to_string();
+    assert!(e.contains("unknown field `enable`") && e.contains("`enabled`"), "{e}");
+}
+
+#[test]
+fn allow_from_is_carried_as_written() {
+    let mut value = payment();
+    value["allowFrom"] = json!(["orders", "payment", "Billing_2"]);
+    value["serviceConnectConfiguration"]["services"][0]["tls"] = json!({ "enabled": true });
+    let service = valid(value.clone());
+    assert_eq!(service.allow_from, Some(vec!["orders".into(), "payment".into(), "Billing_2".into()]));
+    assert_eq!(serde_json::to_value(spec(value.clone())).unwrap(), value, "serializes back as written");
+    // Nobody but the edge: a service reached only through `publish`.
+    value["allowFrom"] = json!([]);
+    assert_eq!(valid(value).allow_from, Some(Vec::new()));
+}
+
+#[test]
+fn allow_from_rules() {
+    rejects(|v| v["allowFrom"] = json!(["orders", "-x"]), "allowFrom[1]", &["not a valid service name"]);
+    rejects(
+        |v| v["allowFrom"] = json!(["orders", "frontend", "orders"]),
+        "allowFrom[2]",
+        &["also allowFrom[0]", "list each service once"],
+    );
+    rejects(
+        |v| {
+            v["allowFrom"] = json!(["orders"]);
+            v["serviceConnectConfiguration"]["services"][0]["tls"] = json!({ "enabled": false });
+        },
+        "allowFrom",
+        &["allowFrom needs tls: the caller's identity comes from its certificate", "enabled: false"],
+    );
+    rejects(
+        |v| {
+            *v = json!({ "command": ["./web"], "allowFrom": ["orders"] });
+        },
+        "allowFrom",
+        &["no port mappings"],
+    );
+    // One TLS port is enough to check callers on.
+    let mut value = payment();
+    value["portMappings"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "metrics", "containerPort": 9100, "appProtocol": "http" }));
+    value["serviceConnectConfiguration"]["services"][0]["tls"] = json!({ "enabled": false });
+    value["allowFrom"] = json!(["orders"]);
+    valid(value);
+}
+
+#[test]
+fn an_external_service_has_neither_tls_nor_allow_from() {
+    let external = json!({
+        "endpoints": ["10.0.0.5:5432"],
+        "portMappings": [{ "name": "db", "containerPort": 5432 }],
+        "serviceConnectConfiguration": { "enabled": true, "services": [{ "portName": "db", "clientAliases": [{ "port": 5432 }] }] }
+    });
+    assert!(!valid(external.clone()).ports[0].tls, "its endpoints have no sidecar");
+    rejects(
+        |v| {
+            *v = external.clone();
+            v["serviceConnectConfiguration"]["services"][0]["tls"] = json!({ "enabled": true });
+        },
+        "serviceConnectConfiguration.services[0].tls",
+        &["outside the mesh", "no sidecar"],
+    );
+    rejects(
+        |v| {
+            *v = external.clone();
+            v["allowFrom"] = json!(["orders"]);
+        },
+        "allowFrom",
+        &["outside the mesh", "`allowFrom` has no meaning"],
+    );
+}

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::{
     Alias, Discovery, FieldError, FieldErrors, Port, PortMapping, PublishPort, RetryPolicySpec, Service,
-    ServiceConnectConfiguration, ServiceConnectService, ServiceSpec, TimeoutSpec,
+    ServiceConnectConfiguration, ServiceConnectService, ServiceSpec, TimeoutSpec, TlsSpec,
 };
+use crate::registry::check_service_name;
 use crate::{AppProtocol, RetryPolicy, Seconds, Timeouts};
 
 /// Service Connect's defaults (the proxy config uses the same ones).
@@ -26,6 +27,19 @@ impl ServiceSpec {
     pub fn validate(&self, name: &str, namespace: &str) -> Result<Service, FieldErrors> {
         let (service, errors) = self.check(name, namespace);
         if errors.is_empty() { Ok(service) } else { Err(FieldErrors(errors)) }
+    }
+
+    /// Whether sidecars reach port `port_name` over mutual TLS: unless its `services[]` entry
+    /// says `tls: { enabled: false }`. Never for an external service: its endpoints have no
+    /// sidecar.
+    fn tls_on(&self, port_name: &str) -> bool {
+        let entry = self
+            .service_connect_configuration
+            .iter()
+            .flat_map(|sc| &sc.services)
+            .find(|entry| entry.port_name == port_name);
+        let turned_off = entry.and_then(|e| e.tls.as_ref()).and_then(|tls| tls.enabled) == Some(false);
+        self.endpoints.is_empty() && !turned_off
     }
 
     /// The service as far as it could be made out, and every error: a whole file is checked
@@ -134,26 +148,62 @@ impl Checker<'_> {
         };
         let retry_policy = self.retry_policy(spec.retry_policy.as_ref());
         let external = !spec.endpoints.is_empty();
+        let ports: Vec<Port> = spec
+            .port_mappings
+            .iter()
+            .map(|m| Port {
+                name: m.name.clone(),
+                container_port: m.container_port,
+                app_protocol: m.app_protocol.unwrap_or(AppProtocol::Tcp),
+                tls: spec.tls_on(&m.name),
+            })
+            .collect();
+        let allow_from = self.allow_from(spec, &ports);
         Service {
             name: name.to_owned(),
             namespace: self.namespace.to_owned(),
             desired_count: if external { 0 } else { spec.desired_count.unwrap_or(1) },
-            ports: spec
-                .port_mappings
-                .iter()
-                .map(|m| Port {
-                    name: m.name.clone(),
-                    container_port: m.container_port,
-                    app_protocol: m.app_protocol.unwrap_or(AppProtocol::Tcp),
-                })
-                .collect(),
+            ports,
             service_connect,
             discovery,
             retry_policy,
             task,
             publish,
             external_endpoints,
+            allow_from,
         }
+    }
+
+    /// `allowFrom`: service names, each once. Whether they exist is the namespace's business
+    /// (a caller may be added later), except in a file, which holds them all (see `file.rs`).
+    fn allow_from(&mut self, spec: &ServiceSpec, ports: &[Port]) -> Option<Vec<String>> {
+        let names = spec.allow_from.as_ref()?;
+        let mut first_of = HashMap::new();
+        for (i, name) in names.iter().enumerate() {
+            if let Err(e) = check_service_name(name) {
+                self.fail(format!("allowFrom[{i}]"), e);
+            } else if let Some(first) = first_of.insert(name.as_str(), i) {
+                self.fail(
+                    format!("allowFrom[{i}]"),
+                    format!("`{name}` is also allowFrom[{first}]; list each service once"),
+                );
+            }
+        }
+        // An external service's `allowFrom` is refused with its other task fields (`task.rs`).
+        if spec.endpoints.is_empty() {
+            if ports.is_empty() {
+                self.fail(
+                    "allowFrom",
+                    "`allowFrom` says which services may call this one, and it has no port mappings to be called on: remove `allowFrom`, or add `portMappings`",
+                );
+            } else if ports.iter().all(|p| !p.tls) {
+                self.fail(
+                    "allowFrom",
+                    "allowFrom needs tls: the caller's identity comes from its certificate, and every port of this service has `tls: { enabled: false }`; remove `allowFrom`, or turn TLS on for a port",
+                );
+            }
+        }
+        Some(names.clone())
     }
 
     /// The port mappings by name (the first of each name).
@@ -330,6 +380,9 @@ impl Checker<'_> {
         }
         let timeout =
             self.timeouts(&format!("{at}.timeout"), entry.timeout.as_ref(), app_protocol, &entry.port_name);
+        if let Some(tls) = &entry.tls {
+            self.tls(&format!("{at}.tls"), tls);
+        }
         Discovery {
             port_name: entry.port_name.clone(),
             discovery_name,
@@ -378,6 +431,24 @@ impl Checker<'_> {
             idle_timeout_seconds: idle,
             per_request_timeout_seconds: per_request,
             connect_timeout_seconds: connect,
+        }
+    }
+
+    /// ECS's fields naming an AWS CA, key or role: tether has its own CA, so there is nothing to
+    /// name.
+    fn tls(&mut self, at: &str, tls: &TlsSpec) {
+        let aws = [
+            ("issuerCertificateAuthority", tls.issuer_certificate_authority.is_some()),
+            ("kmsKey", tls.kms_key.is_some()),
+            ("roleArn", tls.role_arn.is_some()),
+        ];
+        for (field, _) in aws.into_iter().filter(|(_, written)| *written) {
+            self.fail(
+                format!("{at}.{field}"),
+                format!(
+                    "`{field}` is AWS-specific, and tether's certificate authority is built in: the control plane issues every sidecar its certificate, so there is no CA, key or role to name; remove `{field}` (`enabled` is all tether's `tls` takes)"
+                ),
+            );
         }
     }
 

@@ -28,9 +28,11 @@ use crate::balance::{Balancer, Load};
 use crate::body::{OnEnd, ProxyBody};
 use crate::error::ProxyError;
 use crate::metrics::ListenerMetrics;
+use crate::mtls::Caller;
 use crate::netns::Network;
 use crate::resilience::{Outcome, OutlierState, Outliers, RetryBudget};
-use crate::upstream::{self, ClientConfig, HttpClient, Pending, Pooled, SendError, Sent};
+use crate::tls::{ALPN_H2, Credentials, SpiffeId};
+use crate::upstream::{self, ClientConfig, Dialer, HttpClient, Pending, Pooled, SendError, Sent};
 use server::ActiveRequest;
 
 /// Request bodies up to this size, with a known length, are kept so the request can be retried.
@@ -40,6 +42,7 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 pub struct HttpEndpoint {
     addr: SocketAddr,
     version: Version,
+    identity: Option<SpiffeId>,
     healthy: AtomicBool,
     load: Load,
     outlier: OutlierState,
@@ -47,25 +50,35 @@ pub struct HttpEndpoint {
 }
 
 /// An endpoint as the config gives it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSpec {
     pub addr: SocketAddr,
     pub healthy: bool,
     /// HTTP/2 to it (another sidecar, or an h2c/gRPC app); HTTP/1.1 otherwise.
     pub http2: bool,
+    /// A sidecar reached over mutual TLS, which must prove it is this identity.
+    pub identity: Option<SpiffeId>,
 }
 
 impl HttpEndpoint {
-    fn new(spec: EndpointSpec, client: ClientConfig) -> Self {
+    fn new(spec: &EndpointSpec, dialer: Dialer, client: ClientConfig) -> Self {
         let version = if spec.http2 { Version::HTTP_2 } else { Version::HTTP_11 };
         Self {
             addr: spec.addr,
             version,
+            identity: spec.identity.clone(),
             healthy: AtomicBool::new(spec.healthy),
             load: Load::new(),
             outlier: OutlierState::default(),
-            client: HttpClient::new(spec.addr, client),
+            client: HttpClient::new(dialer, client),
         }
+    }
+
+    /// Whether this endpoint is the one `spec` describes, so that it can carry on.
+    fn is(&self, spec: &EndpointSpec) -> bool {
+        self.addr == spec.addr
+            && (self.version == Version::HTTP_2) == spec.http2
+            && self.identity == spec.identity
     }
 
     fn healthy(&self) -> bool {
@@ -93,6 +106,8 @@ pub struct Route {
     metrics: ListenerMetrics,
     /// Where new connections to the endpoints are made from; the host's unless told otherwise.
     network: Network,
+    /// What connections to endpoints with an identity prove this sidecar with.
+    credentials: Arc<Credentials>,
 }
 
 /// A route's endpoints and settings, as of one config.
@@ -114,14 +129,16 @@ impl Route {
         endpoints: &[EndpointSpec],
         settings: RouteSettings,
         metrics: ListenerMetrics,
+        credentials: &Arc<Credentials>,
     ) -> Self {
-        let routing = Routing::build(&name, endpoints, settings, None, &metrics);
+        let routing = Routing::build(&name, endpoints, settings, None, &metrics, credentials);
         Self {
             name,
             current: ArcSwap::from_pointee(routing),
             in_flight: Arc::new(AtomicU32::new(0)),
             metrics,
             network: Network::Host,
+            credentials: credentials.clone(),
         }
     }
 
@@ -135,7 +152,14 @@ impl Route {
     /// finish where they are.
     pub fn update(&self, endpoints: &[EndpointSpec], settings: RouteSettings) {
         let previous = self.current.load();
-        let routing = Routing::build(&self.name, endpoints, settings, Some(&previous), &self.metrics);
+        let routing = Routing::build(
+            &self.name,
+            endpoints,
+            settings,
+            Some(&previous),
+            &self.metrics,
+            &self.credentials,
+        );
         self.current.store(Arc::new(routing));
     }
 
@@ -143,10 +167,14 @@ impl Route {
     pub fn idle(&self) -> Option<Duration> {
         self.current.load().settings.timeouts.idle()
     }
+
+    /// Answers one request from `caller` (on an inbound listener: who the peer is, and whether
+    /// it may call now; `None` on an outbound listener, which serves the local app).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         active: ActiveRequest,
+        caller: Option<Arc<Caller>>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let m = &self.metrics;
         m.requests.inc();
@@ -154,6 +182,9 @@ impl Route {
             && is_grpc(&req)
         {
             grpc.inc();
+        }
+        if let Some(Err(denied)) = caller.as_deref().map(Caller::check) {
+            return Ok(denied.response());
         }
         if let Err(violation) = framing::check_request(&req) {
             return Ok(framing::refuse(violation, req.version(), m));
@@ -291,8 +322,9 @@ impl Route {
                     // A request handed back unsent may go anywhere, whatever its method; one
                     // that may have reached the app only as a kept copy (idempotent, small
                     // body). A limit's refusal is never retried: it sheds load.
+                    // Nor is a missing certificate: no other endpoint would fare better.
                     let retryable = match (&request, &error) {
-                        (_, ProxyError::Overflow { .. }) => false,
+                        (_, ProxyError::Overflow { .. } | ProxyError::NoCertificate { .. }) => false,
                         (Some(_), _) => true,
                         (None, error) => replay.is_some() && error.is_gateway_failure(),
                     };
@@ -373,6 +405,7 @@ impl Routing {
         settings: RouteSettings,
         previous: Option<&Routing>,
         metrics: &ListenerMetrics,
+        credentials: &Arc<Credentials>,
     ) -> Self {
         let m = &metrics.resilience;
         let same = previous.filter(|p| p.settings == settings);
@@ -382,26 +415,24 @@ impl Routing {
         };
         let client = |spec: &EndpointSpec| ClientConfig {
             http2: spec.http2,
-            connect_timeout: settings.timeouts.connect(),
             idle_timeout: settings.timeouts.idle(),
             max_connections: settings.limits.max_connections,
             pending: pending.clone(),
         };
+        let connect = settings.timeouts.connect();
+        // HTTP to a sidecar always travels as HTTP/2 (see `outbound`).
+        let dialer = |spec: &EndpointSpec| match &spec.identity {
+            Some(id) => Dialer::mutual_tls(spec.addr, connect, credentials, id.clone(), ALPN_H2),
+            None => Dialer::plain(spec.addr, connect),
+        };
         let endpoints: Vec<Arc<HttpEndpoint>> = specs
             .iter()
-            .map(|spec| {
-                let kept = same.and_then(|p| {
-                    p.endpoints
-                        .iter()
-                        .find(|e| e.addr == spec.addr && (e.version == Version::HTTP_2) == spec.http2)
-                });
-                match kept {
-                    Some(e) => {
-                        e.healthy.store(spec.healthy, Ordering::Relaxed);
-                        e.clone()
-                    }
-                    None => Arc::new(HttpEndpoint::new(*spec, client(spec))),
+            .map(|spec| match same.and_then(|p| p.endpoints.iter().find(|e| e.is(spec))) {
+                Some(e) => {
+                    e.healthy.store(spec.healthy, Ordering::Relaxed);
+                    e.clone()
                 }
+                None => Arc::new(HttpEndpoint::new(spec, dialer(spec), client(spec))),
             })
             .collect();
         let outliers = Outliers::carry(

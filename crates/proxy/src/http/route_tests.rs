@@ -14,7 +14,7 @@ fn addr(port: u16) -> SocketAddr {
 }
 
 fn spec(port: u16, healthy: bool) -> EndpointSpec {
-    EndpointSpec { addr: addr(port), healthy, http2: false }
+    EndpointSpec { addr: addr(port), healthy, http2: false, identity: None }
 }
 
 fn settings() -> RouteSettings {
@@ -33,7 +33,8 @@ fn settings() -> RouteSettings {
 
 fn route(endpoints: &[EndpointSpec]) -> Route {
     let metrics = Metrics::register(&mut Registry::default(), "test");
-    Route::new("svc".into(), endpoints, settings(), metrics.outbound("svc"))
+    let credentials = crate::tls::Credentials::empty(crate::tls::TlsMetrics::new());
+    Route::new("svc".into(), endpoints, settings(), metrics.outbound("svc"), &credentials)
 }
 
 fn endpoint(route: &Route, port: u16) -> Arc<HttpEndpoint> {

@@ -9,13 +9,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::{Route, framing};
 use crate::drain::{Phase, Watch};
 use crate::flood::FloodGuard;
+use crate::io::Io;
+use crate::mtls::Caller;
 
 /// Design §5's hardened defaults.
 const MAX_HEADER_BYTES: usize = framing::MAX_HEAD_BYTES;
@@ -27,7 +28,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is on the other side of a listener.
 #[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
 pub enum Peer {
     /// The local app (outbound listeners): trusted, so an idle keep-alive connection may wait
     /// as long as the idle timeout allows.
@@ -57,12 +57,14 @@ pub fn builder(peer: Peer) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `stream` until the peer closes it, it stays idle past `idle`, or the proxy closes.
+/// On an inbound listener, `caller` is who the peer is, checked on each request.
 pub async fn serve(
-    stream: TcpStream,
+    stream: Io,
     route: Arc<Route>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle: Option<Duration>,
     mut drain: Watch,
+    caller: Option<Arc<Caller>>,
 ) {
     let activity = Arc::new(Activity::new());
     let requests = activity.clone();
@@ -73,7 +75,8 @@ pub async fn serve(
         verdicts.attach(&mut req);
         // Boxed: the request's future is several KiB, and hyper moves what this returns (into
         // its HTTP/1 dispatcher, or into a task per HTTP/2 stream); a pointer moves for free.
-        let response = Box::pin(route.clone().handle(req, ActiveRequest::start(requests.clone())));
+        let active = ActiveRequest::start(requests.clone());
+        let response = Box::pin(route.clone().handle(req, active, caller.clone()));
         async move { response.await.map(framing::checked_response) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);

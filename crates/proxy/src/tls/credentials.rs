@@ -1,12 +1,16 @@
 //! What a sidecar proves itself with (its [`Identity`]) and whom it trusts (the
 //! [`TrustBundle`]), held in [`Credentials`] that both can be swapped in while serving:
 //! renewal and CA rotation never drop a connection, as each handshake reads the current ones.
+//!
+//! A sidecar starts with neither: the control plane's stream brings them. Until then, and once
+//! its certificate has expired, the credentials are [`Unusable`] and every handshake fails:
+//! mutual TLS fails closed, never over to plaintext.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::RootCertStore;
 use rustls::SignatureScheme;
@@ -16,6 +20,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
 
 use super::identity::{IdentityError, SpiffeId, peer_identity};
 use super::metrics::TlsMetrics;
@@ -104,6 +109,11 @@ impl Identity {
         self.not_after
     }
 
+    /// Whether the certificate has expired at `now`: from then on it is never presented.
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        now >= self.not_after
+    }
+
     /// When to ask for the next certificate: at half its lifetime (design §8).
     pub fn renew_at(&self) -> SystemTime {
         let lifetime = self.not_after.duration_since(self.not_before).unwrap_or_default();
@@ -178,26 +188,48 @@ impl fmt::Debug for TrustBundle {
 /// them (`server_config`, `client_config`). Updates reach the next handshake; connections
 /// already established keep the keys they negotiated.
 pub struct Credentials {
-    identity: ArcSwap<Identity>,
-    bundle: ArcSwap<TrustBundle>,
+    identity: ArcSwapOption<Identity>,
+    bundle: ArcSwapOption<TrustBundle>,
     metrics: TlsMetrics,
+    /// Bumped by every update, for those waiting until the credentials are usable.
+    updated: watch::Sender<()>,
+}
+
+/// Why the credentials cannot be used for a handshake now.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("no certificate has been issued yet (the control plane has not answered)")]
+    NotIssued,
+    #[error("the certificate expired at {}", rfc3339(*.0))]
+    Expired(SystemTime),
+    #[error("no trust bundle yet (the control plane has not answered)")]
+    NoBundle,
 }
 
 impl Credentials {
-    pub fn new(identity: Identity, bundle: TrustBundle, metrics: TlsMetrics) -> Arc<Self> {
-        metrics.certificate_expires_at(identity.not_after);
+    /// Credentials to be filled in later ([`update_identity`](Self::update_identity),
+    /// [`update_bundle`](Self::update_bundle)): until then every handshake fails.
+    pub fn empty(metrics: TlsMetrics) -> Arc<Self> {
         Arc::new(Self {
-            identity: ArcSwap::from_pointee(identity),
-            bundle: ArcSwap::from_pointee(bundle),
+            identity: ArcSwapOption::empty(),
+            bundle: ArcSwapOption::empty(),
             metrics,
+            updated: watch::Sender::new(()),
         })
     }
 
-    pub fn identity(&self) -> Arc<Identity> {
+    pub fn new(identity: Identity, bundle: TrustBundle, metrics: TlsMetrics) -> Arc<Self> {
+        let credentials = Self::empty(metrics);
+        credentials.update_identity(identity);
+        credentials.update_bundle(bundle);
+        credentials
+    }
+
+    pub fn identity(&self) -> Option<Arc<Identity>> {
         self.identity.load_full()
     }
 
-    pub fn bundle(&self) -> Arc<TrustBundle> {
+    pub fn bundle(&self) -> Option<Arc<TrustBundle>> {
         self.bundle.load_full()
     }
 
@@ -208,46 +240,82 @@ impl Credentials {
     /// A renewed identity: presented from the next handshake on.
     pub fn update_identity(&self, identity: Identity) {
         self.metrics.certificate_expires_at(identity.not_after);
-        self.identity.store(Arc::new(identity));
+        self.identity.store(Some(Arc::new(identity)));
+        self.updated.send_replace(());
     }
 
     /// New roots (a CA rotation adds the next root, then removes the old one): peers are
     /// verified against them from the next handshake on.
     pub fn update_bundle(&self, bundle: TrustBundle) {
-        self.bundle.store(Arc::new(bundle));
+        self.bundle.store(Some(Arc::new(bundle)));
+        self.updated.send_replace(());
     }
 
-    fn certified_key(&self) -> Arc<CertifiedKey> {
-        self.identity.load().certified.clone()
+    /// Why a handshake cannot be made now, if it cannot.
+    pub fn unusable(&self) -> Option<Unusable> {
+        match (&*self.identity.load(), &*self.bundle.load()) {
+            (None, _) => Some(Unusable::NotIssued),
+            (Some(identity), _) if identity.is_expired(SystemTime::now()) => {
+                Some(Unusable::Expired(identity.not_after))
+            }
+            (Some(_), None) => Some(Unusable::NoBundle),
+            (Some(_), Some(_)) => None,
+        }
+    }
+
+    /// Waits at most `timeout` for the credentials to become usable (the control plane's first
+    /// answer, or a renewal after an expiry); if they do not, says why.
+    pub async fn usable_within(&self, timeout: Duration) -> Result<(), Unusable> {
+        if self.unusable().is_none() {
+            return Ok(());
+        }
+        let mut updated = self.updated.subscribe();
+        let usable = async {
+            while self.unusable().is_some() {
+                if updated.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, usable).await;
+        self.unusable().map_or(Ok(()), Err)
+    }
+
+    /// The key and chain to present, unless there is none or it has expired.
+    fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
+        let identity = self.identity.load();
+        let identity = identity.as_ref().filter(|i| !i.is_expired(SystemTime::now()))?;
+        Some(identity.certified.clone())
     }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
-            .field("identity", &**self.identity.load())
-            .field("bundle", &**self.bundle.load())
+            .field("identity", &self.identity.load().as_deref())
+            .field("bundle", &self.bundle.load().as_deref())
             .finish_non_exhaustive()
     }
 }
 
-/// Presents the current identity, as a server and as a client.
+/// Presents the current identity, as a server and as a client; none at all once it has
+/// expired, so that the handshake fails.
 #[derive(Debug)]
 pub(super) struct CurrentIdentity(pub Arc<Credentials>);
 
 impl ResolvesServerCert for CurrentIdentity {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.certified_key())
+        self.0.certified_key()
     }
 }
 
 impl ResolvesClientCert for CurrentIdentity {
     fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.certified_key())
+        self.0.certified_key()
     }
 
     fn has_certs(&self) -> bool {
-        true
+        self.0.certified_key().is_some()
     }
 }
 
@@ -262,4 +330,24 @@ fn validity(cert: &[u8]) -> Result<(SystemTime, SystemTime), CredentialsError> {
 fn unix(seconds: i64) -> SystemTime {
     let magnitude = Duration::from_secs(seconds.unsigned_abs());
     if seconds >= 0 { UNIX_EPOCH + magnitude } else { UNIX_EPOCH - magnitude }
+}
+
+/// `time` as RFC 3339 in UTC, to the second (`2024-01-01T00:00:00Z`).
+pub fn rfc3339(time: SystemTime) -> String {
+    let seconds = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let (days, second) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    // The proleptic Gregorian date of a day count (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let (era, day_of_era) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let m = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * m + 2) / 5 + 1;
+    let month = if m < 10 { m + 3 } else { m - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (hour, minute, second) = (second / 3600, second % 3600 / 60, second % 60);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
 }

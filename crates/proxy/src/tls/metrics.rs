@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rustls::{AlertDescription, CertificateError, InvalidMessage, PeerIncompatible};
 
+use super::credentials::Unusable;
 use super::identity::IdentityError;
 
 /// Which end of a connection the proxy is.
@@ -50,11 +51,19 @@ pub enum Reason {
     NoClientCert,
     /// The peer spoke something other than TLS, typically plaintext HTTP.
     Plaintext,
+    /// The peer does not speak the listener's protocol: no ALPN, or another one (an HTTP
+    /// caller at a tcp listener, or the reverse).
+    Alpn,
+    /// The peer did not complete its handshake in time.
+    Timeout,
+    /// This sidecar has nothing to shake hands with: no certificate issued yet, an expired
+    /// one, or no trust bundle.
+    NoCertificate,
     Other,
 }
 
 impl Reason {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::Expired,
         Self::UnknownCa,
         Self::NoSpiffeId,
@@ -62,6 +71,9 @@ impl Reason {
         Self::ProtocolVersion,
         Self::NoClientCert,
         Self::Plaintext,
+        Self::Alpn,
+        Self::Timeout,
+        Self::NoCertificate,
         Self::Other,
     ];
 
@@ -74,6 +86,9 @@ impl Reason {
             Self::ProtocolVersion => "protocol_version",
             Self::NoClientCert => "no_client_cert",
             Self::Plaintext => "plaintext",
+            Self::Alpn => "alpn",
+            Self::Timeout => "timeout",
+            Self::NoCertificate => "no_certificate",
             Self::Other => "other",
         }
     }
@@ -101,12 +116,14 @@ impl Reason {
             // The first byte of a TLS record is its content type (20 to 24); the first byte of
             // `GET `, `POST`, `PRI *` (or any printable text) is none of them.
             E::InvalidMessage(InvalidMessage::InvalidContentType) => Self::Plaintext,
+            E::NoApplicationProtocol => Self::Alpn,
             // What the peer refused in us, by the alert it sent.
             E::AlertReceived(alert) => match alert {
                 AlertDescription::CertificateExpired => Self::Expired,
                 AlertDescription::UnknownCA => Self::UnknownCa,
                 AlertDescription::ProtocolVersion => Self::ProtocolVersion,
                 AlertDescription::CertificateRequired => Self::NoClientCert,
+                AlertDescription::NoApplicationProtocol => Self::Alpn,
                 _ => Self::Other,
             },
             _ => Self::Other,
@@ -118,6 +135,7 @@ impl Reason {
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => Self::Expired,
             // A bad signature in the chain: from another CA of the same name (see `verify`).
             CertificateError::UnknownIssuer | CertificateError::BadSignature => Self::UnknownCa,
+            CertificateError::Other(other) if other.0.is::<Unusable>() => Self::NoCertificate,
             CertificateError::Other(other) => match other.0.downcast_ref::<IdentityError>() {
                 Some(IdentityError::NoSpiffeId) => Self::NoSpiffeId,
                 Some(
@@ -138,41 +156,57 @@ struct HandshakeLabels {
     reason: &'static str,
 }
 
-/// The TLS metrics of one proxy. Clones share the series.
-#[derive(Clone, Debug, Default)]
+/// The TLS metrics of one proxy. Clones share the series, so they can be made before the
+/// proxy's registry exists (with the credentials that count in them) and registered later.
+#[derive(Clone, Debug)]
 pub struct TlsMetrics {
     handshake_errors: Family<HandshakeLabels, Counter>,
     expiry: CertificateExpiry,
 }
 
+impl Default for TlsMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TlsMetrics {
-    /// Registers `tls_handshake_errors` (a counter by `side` and `reason`, every series present
-    /// from the start at 0) and `tls_certificate_expiry_seconds` with `registry`.
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = Self::default();
+    /// Every error series is there from the start, at 0.
+    pub fn new() -> Self {
+        let metrics = Self { handshake_errors: Family::default(), expiry: CertificateExpiry::default() };
         for side in [Side::Inbound, Side::Outbound] {
             for reason in Reason::ALL {
                 let _ = metrics.handshake_errors.get_or_create(&labels(side, reason));
             }
         }
+        metrics
+    }
+
+    /// Registers `tls_handshake_errors` (a counter by `side` and `reason`) and
+    /// `tls_certificate_expiry_seconds` with `registry`.
+    pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "tls_handshake_errors",
             "TLS handshakes refused or failed, by side and reason",
-            metrics.handshake_errors.clone(),
+            self.handshake_errors.clone(),
         );
         registry.register(
             "tls_certificate_expiry_seconds",
             "Seconds until the sidecar's current certificate expires (negative once expired)",
-            metrics.expiry.clone(),
+            self.expiry.clone(),
         );
-        metrics
     }
 
     /// Counts a failed handshake and says why it failed.
     pub fn handshake_failed(&self, side: Side, error: &io::Error) -> Reason {
         let reason = Reason::of(error);
-        self.handshake_errors.get_or_create(&labels(side, reason)).inc();
+        self.refused(side, reason);
         reason
+    }
+
+    /// Counts a handshake refused for `reason`.
+    pub fn refused(&self, side: Side, reason: Reason) {
+        self.handshake_errors.get_or_create(&labels(side, reason)).inc();
     }
 
     /// How many handshakes failed for `reason` on `side` so far.

@@ -13,7 +13,12 @@
 //! every connection is verified against the current bundle: sidecar connections are few and
 //! long-lived, and a resumed session would skip the check a rotation relies on.
 //!
-//! Not used by the listeners and upstreams yet.
+//! Credentials start empty ([`Credentials::empty`]) and are filled in by the control plane's
+//! stream; without a current certificate and bundle no handshake succeeds (fail closed).
+//!
+//! The proxy uses this at both ends of a sidecar-to-sidecar connection: inbound listeners with
+//! `tls` accept only mutual TLS (`crate::mtls`: the handshake, then allowFrom), and endpoints
+//! with an `identity` are reached over it (`crate::upstream::Dialer`).
 
 mod credentials;
 mod identity;
@@ -21,9 +26,11 @@ mod metrics;
 mod verify;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
+use std::io;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
@@ -32,7 +39,7 @@ use rustls::{ClientConfig, CommonState, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use credentials::{Credentials, CredentialsError, Identity, MAX_ROOTS, TrustBundle};
+pub use credentials::{Credentials, CredentialsError, Identity, MAX_ROOTS, TrustBundle, Unusable, rfc3339};
 pub use identity::{IdentityError, SpiffeId, peer_identity};
 pub use metrics::{Reason, Side, TlsMetrics};
 pub use rcgen::KeyPair;
@@ -116,10 +123,11 @@ pub struct HandshakeError {
     pub side: Side,
     pub reason: Reason,
     #[source]
-    pub source: std::io::Error,
+    pub source: io::Error,
 }
 
-/// Completes the server side of a handshake on `io`; a failure is counted in `metrics`.
+/// Completes the server side of a handshake on `io`; a failure is counted in `metrics`. When
+/// the config offers ALPN protocols the client must have chosen one of them.
 pub async fn accept<IO>(
     config: Arc<ServerConfig>,
     io: IO,
@@ -128,13 +136,38 @@ pub async fn accept<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let alpn = !config.alpn_protocols.is_empty();
     let stream = tokio_rustls::TlsAcceptor::from(config).accept(io).await;
     let stream = stream.map_err(|source| failed(Side::Inbound, source, metrics))?;
-    let peer = peer_identity_of(stream.get_ref().1).ok_or_else(|| no_identity(Side::Inbound, metrics))?;
+    let peer = established(stream.get_ref().1, alpn, Side::Inbound, metrics)?;
     Ok((stream, peer))
 }
 
-/// Completes the client side of a handshake on `io`; a failure is counted in `metrics`.
+/// [`accept`], unless the peer takes longer than `timeout`: a handshake trickled in slowly
+/// must not hold a connection (and its place under the connection limit).
+pub async fn accept_within<IO>(
+    timeout: Duration,
+    config: Arc<ServerConfig>,
+    io: IO,
+    metrics: &TlsMetrics,
+) -> Result<(tokio_rustls::server::TlsStream<IO>, SpiffeId), HandshakeError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, accept(config, io, metrics)).await {
+        Ok(accepted) => accepted,
+        Err(_) => {
+            let source = io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer did not complete its handshake within {timeout:?}"),
+            );
+            Err(refused(Side::Inbound, Reason::Timeout, source, metrics))
+        }
+    }
+}
+
+/// Completes the client side of a handshake on `io`; a failure is counted in `metrics`. When
+/// the config offers ALPN protocols the server must have chosen one of them.
 ///
 /// In TLS 1.3 the client finishes first: a server that refuses the client's certificate says
 /// so in an alert that arrives on the first read, not here (the server counts it).
@@ -146,23 +179,45 @@ pub async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let alpn = !config.alpn_protocols.is_empty();
     let name = ServerName::try_from(PLACEHOLDER_NAME).expect("a valid DNS name");
     let stream = tokio_rustls::TlsConnector::from(config).connect(name, io).await;
     let stream = stream.map_err(|source| failed(Side::Outbound, source, metrics))?;
-    let peer = peer_identity_of(stream.get_ref().1).ok_or_else(|| no_identity(Side::Outbound, metrics))?;
+    let peer = established(stream.get_ref().1, alpn, Side::Outbound, metrics)?;
     Ok((stream, peer))
 }
 
-fn failed(side: Side, source: std::io::Error, metrics: &TlsMetrics) -> HandshakeError {
+/// The peer of a completed handshake, which must have agreed on a protocol when `alpn` was
+/// offered: a peer that ignores ALPN would get bytes of a protocol it did not ask for.
+fn established(
+    connection: &CommonState,
+    alpn: bool,
+    side: Side,
+    metrics: &TlsMetrics,
+) -> Result<SpiffeId, HandshakeError> {
+    if alpn && connection.alpn_protocol().is_none() {
+        let source =
+            io::Error::new(io::ErrorKind::InvalidData, "the peer agreed on no application protocol (ALPN)");
+        return Err(refused(side, Reason::Alpn, source, metrics));
+    }
+    peer_identity_of(connection).ok_or_else(|| no_identity(side, metrics))
+}
+
+fn failed(side: Side, source: io::Error, metrics: &TlsMetrics) -> HandshakeError {
     let reason = metrics.handshake_failed(side, &source);
+    HandshakeError { side, reason, source }
+}
+
+fn refused(side: Side, reason: Reason, source: io::Error, metrics: &TlsMetrics) -> HandshakeError {
+    metrics.refused(side, reason);
     HandshakeError { side, reason, source }
 }
 
 /// Cannot happen with the configs above (their verifiers require a SPIFFE ID); a config built
 /// elsewhere might not.
 fn no_identity(side: Side, metrics: &TlsMetrics) -> HandshakeError {
-    let source = std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
+    let source = io::Error::new(
+        io::ErrorKind::InvalidData,
         rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
             IdentityError::NoSpiffeId,
         )))),

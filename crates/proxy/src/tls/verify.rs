@@ -12,7 +12,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::credentials::Credentials;
+use super::credentials::{Credentials, TrustBundle, Unusable};
 use super::identity::{IdentityError, SpiffeId, peer_identity};
 use super::provider;
 
@@ -25,6 +25,11 @@ pub(super) struct PeerVerifier {
 }
 
 impl PeerVerifier {
+    /// The roots of this moment; without any, no peer is trusted.
+    fn bundle(&self) -> Result<Arc<TrustBundle>, Error> {
+        self.credentials.bundle().ok_or_else(|| refusal(Unusable::NoBundle))
+    }
+
     fn check_identity(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
         let found = peer_identity(end_entity).map_err(refusal)?;
         match &self.expected {
@@ -49,9 +54,9 @@ fn unknown_ca(error: Error) -> Error {
     }
 }
 
-/// An identity problem as rustls carries it, so that the metrics can tell it apart
-/// (`metrics::Reason::of_tls`).
-fn refusal(error: IdentityError) -> Error {
+/// An identity problem (or our own lack of a bundle) as rustls carries it, so that the metrics
+/// can tell it apart (`metrics::Reason::of_tls`).
+fn refusal(error: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
 
@@ -67,7 +72,7 @@ impl ServerCertVerifier for PeerVerifier {
     ) -> Result<ServerCertVerified, Error> {
         // `WebPkiServerVerifier` less its host name check: chain, validity and the serverAuth
         // usage, against the roots of this moment.
-        let bundle = self.credentials.bundle();
+        let bundle = self.bundle()?;
         let cert = ParsedCertificate::try_from(end_entity)?;
         let algorithms = provider().signature_verification_algorithms.all;
         verify_server_cert_signed_by_trust_anchor(&cert, bundle.roots(), intermediates, now, algorithms)
@@ -121,7 +126,7 @@ impl ClientCertVerifier for PeerVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let bundle = self.credentials.bundle();
+        let bundle = self.bundle()?;
         bundle.client_verifier().verify_client_cert(end_entity, intermediates, now).map_err(unknown_ca)?;
         self.check_identity(end_entity)?;
         Ok(ClientCertVerified::assertion())

@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::{ClientConfig, Connections, Pending, Sent, connect};
+use super::{ClientConfig, Connections, Dialer, Pending, Sent};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::netns::Network;
@@ -27,8 +26,7 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 pub struct Pool(Arc<PoolInner>);
 
 struct PoolInner {
-    addr: SocketAddr,
-    connect_timeout: Duration,
+    dialer: Dialer,
     idle_timeout: Option<Duration>,
     idle: Mutex<Vec<Idle>>,
     /// One per open connection, held by its task: `maxConnections`.
@@ -51,10 +49,9 @@ pub struct Pooled {
 }
 
 impl Pool {
-    pub fn new(addr: SocketAddr, config: ClientConfig) -> Self {
+    pub fn new(dialer: Dialer, config: ClientConfig) -> Self {
         Self(Arc::new(PoolInner {
-            addr,
-            connect_timeout: config.connect_timeout,
+            dialer,
             idle_timeout: config.idle_timeout,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(config.max_connections as usize)),
@@ -97,8 +94,8 @@ impl Pool {
         permit: OwnedSemaphorePermit,
         network: &Network,
     ) -> Result<SendRequest<ProxyBody>, ProxyError> {
-        let addr = self.0.addr;
-        let io = TokioIo::new(connect(addr, self.0.connect_timeout, network).await?);
+        let addr = self.0.dialer.addr();
+        let io = TokioIo::new(self.0.dialer.dial(network).await?);
         let (tx, conn) = Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD)
             .handshake(io)
@@ -117,8 +114,8 @@ impl Pool {
 impl Connections for Pool {
     type Conn = SendRequest<ProxyBody>;
 
-    fn addr(&self) -> SocketAddr {
-        self.0.addr
+    fn dialer(&self) -> &Dialer {
+        &self.0.dialer
     }
 
     fn reuse(&self) -> Option<Self::Conn> {

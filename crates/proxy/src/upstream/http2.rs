@@ -1,4 +1,3 @@
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
-use super::{Connections, Sent, connect};
+use super::{Connections, Dialer, Sent};
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::netns::Network;
@@ -17,22 +16,21 @@ use crate::netns::Network;
 /// One multiplexed HTTP/2 connection to an endpoint, opened on first use and replaced when it
 /// closes.
 pub struct Shared {
-    addr: SocketAddr,
-    connect_timeout: Duration,
+    dialer: Dialer,
     conn: Mutex<Option<SendRequest<ProxyBody>>>,
 }
 
 impl Shared {
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
-        Self { addr, connect_timeout, conn: Mutex::new(None) }
+    pub fn new(dialer: Dialer) -> Self {
+        Self { dialer, conn: Mutex::new(None) }
     }
 }
 
 impl Connections for Shared {
     type Conn = SendRequest<ProxyBody>;
 
-    fn addr(&self) -> SocketAddr {
-        self.addr
+    fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     fn reuse(&self) -> Option<Self::Conn> {
@@ -48,8 +46,8 @@ impl Connections for Shared {
     }
 
     async fn open(&self, network: &Network) -> Result<Self::Conn, ProxyError> {
-        let addr = self.addr;
-        let io = TokioIo::new(connect(addr, self.connect_timeout, network).await?);
+        let addr = self.dialer.addr();
+        let io = TokioIo::new(self.dialer.dial(network).await?);
         let (tx, conn) = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(1 << 20)

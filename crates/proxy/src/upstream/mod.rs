@@ -1,10 +1,12 @@
 //! Connections to endpoints: a pool of HTTP/1 connections or one shared HTTP/2 connection per
-//! endpoint, opened with a connect timeout and reused until idle for too long.
+//! endpoint, opened with a connect timeout (over mutual TLS to a sidecar with an identity,
+//! [`Dialer`]) and reused until idle for too long.
 //!
 //! A request sent on a reused connection that the peer closes before any byte of a response
 //! (the classic keep-alive race) is sent once more on a fresh connection when that is safe: the
 //! request never left the proxy, or it has no body and so can be sent again as it was.
 
+mod dial;
 mod http1;
 mod http2;
 
@@ -16,12 +18,12 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::netns::Network;
+pub use dial::Dialer;
 pub use http1::Pooled;
 
 /// How to reach one endpoint over HTTP.
@@ -84,7 +86,6 @@ pub type Again<'a> = dyn Fn() -> Request<ProxyBody> + Sync + 'a;
 /// How one endpoint is reached.
 pub struct ClientConfig {
     pub http2: bool,
-    pub connect_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     /// HTTP/1 connections at the most (HTTP/2 uses one).
     pub max_connections: u32,
@@ -92,11 +93,11 @@ pub struct ClientConfig {
 }
 
 impl HttpClient {
-    pub fn new(addr: SocketAddr, config: ClientConfig) -> Self {
+    pub fn new(dialer: Dialer, config: ClientConfig) -> Self {
         if config.http2 {
-            Self::Http2(http2::Shared::new(addr, config.connect_timeout))
+            Self::Http2(http2::Shared::new(dialer))
         } else {
-            Self::Http1(http1::Pool::new(addr, config))
+            Self::Http1(http1::Pool::new(dialer, config))
         }
     }
 
@@ -116,26 +117,10 @@ impl HttpClient {
     }
 }
 
-/// Connects to `addr` from `network` (see `ListenerConfig::sockets` for which one).
-pub async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    network: &Network,
-) -> Result<TcpStream, ProxyError> {
-    match tokio::time::timeout(timeout, network.connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(source)) => Err(ProxyError::ConnectFailed { endpoint: addr, source }),
-        Err(_) => Err(ProxyError::ConnectTimeout { endpoint: addr, timeout }),
-    }
-}
-
 /// What the two kinds of upstream connection have in common.
 trait Connections: Sync {
     type Conn: Send;
-    fn addr(&self) -> SocketAddr;
+    fn dialer(&self) -> &Dialer;
     /// An open connection to reuse, if there is one.
     fn reuse(&self) -> Option<Self::Conn>;
     fn open(&self, network: &Network) -> impl Future<Output = Result<Self::Conn, ProxyError>> + Send;
@@ -155,6 +140,11 @@ async fn send<C: Connections>(
     again: Option<&Again<'_>>,
     network: &Network,
 ) -> Result<Sent, SendError> {
+    // Checked for every request, not only for new connections: once its certificate has
+    // expired the sidecar sends nothing more over mutual TLS, on connections made before either.
+    if let Err(error) = c.dialer().ready().await {
+        return Err(SendError { error, request: Some(req) });
+    }
     let (mut conn, reused) = match c.reuse() {
         Some(conn) => (conn, true),
         None => match c.open(network).await {
@@ -176,7 +166,7 @@ async fn send<C: Connections>(
     let again = unsent.or(if closed { copy.or_else(|| again.map(|make| make())) } else { None });
     match again {
         Some(again) if reused => {
-            debug!(endpoint = %c.addr(), %error, "reused connection closed; sending again on a fresh one");
+            debug!(endpoint = %c.dialer().addr(), %error, "reused connection closed; sending again on a fresh one");
             c.discard();
             let mut conn = match c.open(network).await {
                 Ok(conn) => conn,
@@ -186,11 +176,11 @@ async fn send<C: Connections>(
                 Ok(response) => Ok(c.sent(response, conn)),
                 Err(mut e) => {
                     let request = e.take_message();
-                    Err(SendError { error: upstream(c.addr(), e.into_error()), request })
+                    Err(SendError { error: upstream(c.dialer().addr(), e.into_error()), request })
                 }
             }
         }
-        request => Err(SendError { error: upstream(c.addr(), error), request }),
+        request => Err(SendError { error: upstream(c.dialer().addr(), error), request }),
     }
 }
 

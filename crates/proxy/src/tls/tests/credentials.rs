@@ -1,4 +1,4 @@
-//! Keys, CSRs, issued identities and trust bundles.
+//! Keys, CSRs, issued identities, trust bundles, and credentials that are not usable yet.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -10,7 +10,10 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
 use super::pki::{Ca, Leaf, dns, spiffe};
-use crate::tls::{CredentialsError, Identity, IdentityError, KeyPair, TrustBundle};
+use crate::tls::{
+    Credentials, CredentialsError, Identity, IdentityError, KeyPair, TlsMetrics, TrustBundle, Unusable,
+    rfc3339,
+};
 
 #[test]
 fn a_csr_asks_for_the_spiffe_id_with_the_sidecars_own_key() {
@@ -81,4 +84,50 @@ fn a_trust_bundle_holds_one_or_two_roots() {
     assert!(matches!(TrustBundle::from_pem(""), Err(CredentialsError::RootCount { count: 0 })));
     let not_a_certificate = vec![b"not a certificate".to_vec().into()];
     assert!(matches!(TrustBundle::new(not_a_certificate), Err(CredentialsError::BadRoot(_))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn credentials_start_empty_and_say_why_they_cannot_be_used() {
+    let ca = Ca::new("tether root");
+    let credentials = Credentials::empty(TlsMetrics::default());
+    assert!(credentials.identity().is_none() && credentials.bundle().is_none());
+    assert_eq!(credentials.unusable(), Some(Unusable::NotIssued));
+    let second = Duration::from_secs(1);
+    assert_eq!(credentials.usable_within(second).await, Err(Unusable::NotIssued));
+
+    credentials.update_identity(ca.issue(Leaf::spiffe("payment")).identity());
+    assert_eq!(credentials.unusable(), Some(Unusable::NoBundle));
+    assert_eq!(
+        credentials.unusable().unwrap().to_string(),
+        "no trust bundle yet (the control plane has not answered)"
+    );
+
+    // Whoever waits learns of the update at once.
+    let waiting = tokio::spawn({
+        let credentials = credentials.clone();
+        async move { credentials.usable_within(Duration::from_secs(3600)).await }
+    });
+    tokio::task::yield_now().await;
+    credentials.update_bundle(TrustBundle::new(vec![ca.der.clone()]).unwrap());
+    assert_eq!(waiting.await.unwrap(), Ok(()));
+    assert_eq!(credentials.unusable(), None);
+    assert_eq!(credentials.usable_within(Duration::ZERO).await, Ok(()));
+
+    // An expired certificate is unusable again, until it is renewed.
+    credentials.update_identity(ca.issue(Leaf::spiffe("payment").expired()).identity());
+    let expired = credentials.unusable().unwrap();
+    assert_eq!(expired.to_string(), "the certificate expired at 2021-01-02T00:00:00Z");
+    assert_eq!(credentials.usable_within(second).await, Err(expired));
+    credentials.update_identity(ca.issue(Leaf::spiffe("payment")).identity());
+    assert_eq!(credentials.unusable(), None);
+}
+
+#[test]
+fn times_read_as_rfc_3339() {
+    let at = |seconds: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(seconds));
+    assert_eq!(at(0), "1970-01-01T00:00:00Z");
+    assert_eq!(at(951_782_400 + 3_723), "2000-02-29T01:02:03Z");
+    assert_eq!(at(1_704_067_199), "2023-12-31T23:59:59Z");
+    assert_eq!(at(3_786_912_000), "2090-01-01T00:00:00Z");
+    assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(1)), "1969-12-31T23:59:59Z");
 }

@@ -1,7 +1,7 @@
 //! Real handshakes between the configs of this module, over in-memory pipes.
 
 mod credentials;
-mod pki;
+pub(crate) mod pki;
 mod refusals;
 mod rotation;
 

@@ -152,6 +152,33 @@ pub fn client_presenting(issued: &Issued, verifying: &Arc<Credentials>) -> Arc<C
     Arc::new(config)
 }
 
+/// A client that presents no certificate at all.
+pub fn anonymous_client(verifying: &Arc<Credentials>) -> Arc<ClientConfig> {
+    let verifier = PeerVerifier { credentials: verifying.clone(), expected: None };
+    let mut config = ClientConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A client that speaks TLS 1.2 only, presenting `issued`.
+pub fn tls12_client(issued: &Issued, verifying: &Arc<Credentials>) -> Arc<ClientConfig> {
+    let verifier = PeerVerifier { credentials: verifying.clone(), expected: None };
+    let mut config = ClientConfig::builder_with_provider(provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(vec![issued.der.clone()], issued.key())
+        .unwrap();
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Arc::new(config)
+}
+
 /// The same for a server.
 pub fn server_presenting(issued: &Issued, verifying: &Arc<Credentials>) -> Arc<ServerConfig> {
     let verifier = PeerVerifier { credentials: verifying.clone(), expected: None };

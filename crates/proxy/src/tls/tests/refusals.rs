@@ -1,5 +1,6 @@
 //! Reliability A7: expired, foreign, wrong-usage and malformed certificates, TLS < 1.3, no
-//! client certificate and plaintext are refused in the handshake, and counted.
+//! client certificate, plaintext, another protocol and a handshake that never ends are refused,
+//! and counted.
 
 use std::sync::Arc;
 
@@ -8,12 +9,12 @@ use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::pki::{
-    ALPN, Ca, ClientEnd, Leaf, client_presenting, credentials, dns, handshake, server_presenting, spiffe, uri,
+    ALPN, Ca, ClientEnd, Leaf, anonymous_client, client_presenting, credentials, dns, handshake,
+    server_presenting, spiffe, tls12_client, uri,
 };
-use crate::tls::verify::PeerVerifier;
 use crate::tls::{
-    HandshakeError, Reason, Side, SpiffeId, TlsMetrics, accept, client_config, client_config_expecting,
-    connect, provider, server_config,
+    ALPN_H2, ALPN_TCP, Credentials, HandshakeError, Reason, Side, SpiffeId, TlsMetrics, Unusable, accept,
+    accept_within, client_config, client_config_expecting, connect, server_config,
 };
 
 /// `metrics` counted one failure, for `reason` on `side`, and nothing else.
@@ -61,15 +62,49 @@ async fn client_refuses(server: Arc<ServerConfig>, client: Arc<ClientConfig>, re
 #[tokio::test]
 async fn expired_certificates_are_refused_on_both_sides() {
     let ca = Ca::new("tether root");
-    let (good, expired) = (ca.issue(Leaf::spiffe("payment")), ca.issue(Leaf::spiffe("checkout").expired()));
-    let (good, expired) = (credentials(&good, &[&ca]), credentials(&expired, &[&ca]));
+    let expired = ca.issue(Leaf::spiffe("checkout").expired());
+    let good = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
 
     let told =
-        server_refuses(server_config(&good, ALPN), client_config(&expired, ALPN), Reason::Expired).await;
+        server_refuses(server_config(&good, ALPN), client_presenting(&expired, &good), Reason::Expired).await;
     assert_eq!(told, Reason::Expired);
     let told =
-        client_refuses(server_config(&expired, ALPN), client_config(&good, ALPN), Reason::Expired).await;
+        client_refuses(server_presenting(&expired, &good), client_config(&good, ALPN), Reason::Expired).await;
     assert_eq!(told, Reason::Expired);
+}
+
+#[tokio::test]
+async fn an_expired_identity_of_our_own_is_never_presented() {
+    let ca = Ca::new("tether root");
+    let expired = credentials(&ca.issue(Leaf::spiffe("checkout").expired()), &[&ca]);
+    let good = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
+    assert!(matches!(expired.unusable(), Some(Unusable::Expired(_))), "{:?}", expired.unusable());
+
+    // As a client it presents no certificate, which the server refuses.
+    server_refuses(server_config(&good, ALPN), client_config(&expired, ALPN), Reason::NoClientCert).await;
+    // As a server it has none to present: the handshake fails before the client sees one.
+    let (server_metrics, client_metrics) = (TlsMetrics::default(), TlsMetrics::default());
+    let (accepted, connected) = handshake(
+        server_config(&expired, ALPN),
+        &server_metrics,
+        client_config(&good, ALPN),
+        &client_metrics,
+    )
+    .await;
+    assert!(accepted.is_err() && connected.is_err());
+}
+
+#[tokio::test]
+async fn without_a_trust_bundle_no_peer_is_trusted() {
+    let ca = Ca::new("tether root");
+    let issued = ca.issue(Leaf::spiffe("payment"));
+    let no_bundle = Credentials::empty(TlsMetrics::default());
+    no_bundle.update_identity(issued.identity());
+    assert_eq!(no_bundle.unusable(), Some(Unusable::NoBundle));
+    let good = credentials(&ca.issue(Leaf::spiffe("checkout")), &[&ca]);
+
+    server_refuses(server_config(&no_bundle, ALPN), client_config(&good, ALPN), Reason::NoCertificate).await;
+    client_refuses(server_config(&good, ALPN), client_config(&no_bundle, ALPN), Reason::NoCertificate).await;
 }
 
 #[tokio::test]
@@ -135,17 +170,10 @@ async fn a_tls_1_2_client_is_refused() {
     let ca = Ca::new("tether root");
     let issued = ca.issue(Leaf::spiffe("checkout"));
     let ours = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
-    let verifier = PeerVerifier { credentials: ours.clone(), expected: None };
-    let mut tls12 = ClientConfig::builder_with_provider(provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(vec![issued.der.clone()], issued.key())
-        .unwrap();
-    tls12.alpn_protocols = vec![b"h2".to_vec()];
 
-    let told = server_refuses(server_config(&ours, ALPN), Arc::new(tls12), Reason::ProtocolVersion).await;
+    let told =
+        server_refuses(server_config(&ours, ALPN), tls12_client(&issued, &ours), Reason::ProtocolVersion)
+            .await;
     assert_eq!(told, Reason::ProtocolVersion);
 }
 
@@ -153,15 +181,9 @@ async fn a_tls_1_2_client_is_refused() {
 async fn a_client_without_a_certificate_is_refused() {
     let ca = Ca::new("tether root");
     let ours = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
-    let verifier = PeerVerifier { credentials: ours.clone(), expected: None };
-    let anonymous = ClientConfig::builder_with_provider(provider().clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
 
-    let told = server_refuses(server_config(&ours, ALPN), Arc::new(anonymous), Reason::NoClientCert).await;
+    let told =
+        server_refuses(server_config(&ours, ALPN), anonymous_client(&ours), Reason::NoClientCert).await;
     assert_eq!(told, Reason::NoClientCert);
 }
 
@@ -202,4 +224,46 @@ fn errors_that_are_not_tls_errors_are_other() {
     assert_eq!(Reason::of(&reset), Reason::Other);
     let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
     assert_eq!(Reason::of(&eof), Reason::Other);
+}
+
+#[tokio::test]
+async fn a_peer_must_agree_on_the_listeners_protocol() {
+    let ca = Ca::new("tether root");
+    let ours = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
+    let theirs = credentials(&ca.issue(Leaf::spiffe("checkout")), &[&ca]);
+
+    // A tcp caller at an HTTP listener.
+    let told =
+        server_refuses(server_config(&ours, &[ALPN_H2]), client_config(&theirs, &[ALPN_TCP]), Reason::Alpn)
+            .await;
+    assert_eq!(told, Reason::Alpn);
+    // A caller that offers no protocol at all.
+    server_refuses(server_config(&ours, &[ALPN_H2]), client_config(&theirs, &[]), Reason::Alpn).await;
+    // A server that ignores the client's ALPN: the handshake completes, and the client drops it.
+    let (server_metrics, client_metrics) = (TlsMetrics::default(), TlsMetrics::default());
+    let (_, connected) = handshake(
+        server_config(&ours, &[]),
+        &server_metrics,
+        client_config(&theirs, &[ALPN_H2]),
+        &client_metrics,
+    )
+    .await;
+    assert_eq!(connected.err().unwrap().reason, Reason::Alpn);
+    counted_once(&client_metrics, Side::Outbound, Reason::Alpn);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handshake_that_does_not_complete_in_time_is_dropped() {
+    let ca = Ca::new("tether root");
+    let ours = credentials(&ca.issue(Leaf::spiffe("payment")), &[&ca]);
+    let metrics = TlsMetrics::default();
+    let (mut slow, tls) = tokio::io::duplex(4096);
+    // The first bytes of a ClientHello record, and then nothing.
+    slow.write_all(&[22, 3, 1]).await.unwrap();
+    let timeout = std::time::Duration::from_secs(5);
+    let error = accept_within(timeout, server_config(&ours, ALPN), tls, &metrics).await.err().unwrap();
+    assert_eq!((error.side, error.reason), (Side::Inbound, Reason::Timeout), "{error}");
+    counted_once(&metrics, Side::Inbound, Reason::Timeout);
+    let mut rest = Vec::new();
+    slow.read_to_end(&mut rest).await.unwrap();
 }

@@ -97,7 +97,8 @@ fn seconds_until(year: i32) -> i64 {
 fn the_expiry_gauge_counts_down_to_the_current_certificates_end() {
     let ca = Ca::new("tether root");
     let mut registry = Registry::with_prefix("tether");
-    let metrics = TlsMetrics::register(&mut registry);
+    let metrics = TlsMetrics::new();
+    metrics.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     // No identity yet: no value; every error series is there from the start.
