@@ -5,7 +5,15 @@
 //! ```text
 //! control plane ══ ConfigUpdate ══► Discovery ── Update ──► Proxy::run_with_updates
 //!               ◄══ Ack / Nack ════           ◄─ applied ──
+//!               ◄══ CSR ═══════════           ── identity, trust bundle ──► Credentials
 //! ```
+//!
+//! With [`Discovery::with_credentials`] it also keeps the sidecar's identity: it makes a key
+//! (which never leaves the process), sends a CSR on the stream, and puts the certificate it gets
+//! into the proxy's credentials; it asks again at half the certificate's remaining lifetime, at
+//! once when the root that signs changes (a CA rotation), and on every new stream while it
+//! has none. While the control plane is away the certificate keeps serving until it expires;
+//! then the proxy fails closed until a new one comes.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,20 +21,29 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 use tether_api::resource;
 use tether_api::v1::config_stream_client::ConfigStreamClient;
-use tether_api::v1::{Ack, ConfigUpdate, Hello, Nack, ProxyMessage, proxy_message};
-use tether_model::ProxyConfig;
+
+use tether_api::v1::{
+    Ack, CertificateRequest, ConfigUpdate, Hello, IssuedCertificate, Nack, ProxyMessage,
+    TrustBundle as Bundle, proxy_message,
+};
+use tether_model::{ProxyConfig, SpiffeId};
 use tokio::sync::{mpsc, oneshot};
 use tonic::metadata::MetadataValue;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::Update;
+use crate::tls::{Credentials, Identity, KeyPair, TrustBundle};
 
 /// Backoff between attempts to reach the control plane: from the first to the last, doubling,
 /// each with up to half of it added at random so that proxies don't all come back at once.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_LAST: Duration = Duration::from_secs(5);
+/// A certificate request unanswered for this long is sent again.
+const CSR_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Who the proxy is, where its control plane is, and what it decides for itself.
 #[derive(Debug, Clone)]
@@ -84,11 +101,20 @@ pub struct Discovery {
     received: Snapshot,
     /// What the proxy serves: the last snapshot it could apply, also on disk.
     snapshot: Snapshot,
+    /// The sidecar's identity, when it has one to keep.
+    identity: Option<Keeper>,
 }
 
 impl Discovery {
     pub fn new(settings: Settings) -> Self {
-        Self { settings, received: Snapshot::default(), snapshot: Snapshot::default() }
+        Self { settings, received: Snapshot::default(), snapshot: Snapshot::default(), identity: None }
+    }
+
+    /// Also keeps `credentials` holding a certificate from the control plane's CA and its trust
+    /// bundle (see the module documentation).
+    pub fn with_credentials(mut self, credentials: Arc<Credentials>) -> Self {
+        self.identity = Some(Keeper::new(credentials));
+        self
     }
 
     /// The config of the snapshot saved by an earlier run, if there is one.
@@ -127,6 +153,9 @@ impl Discovery {
                     replica += 1;
                 }
             }
+            if let Some(keeper) = &mut self.identity {
+                keeper.report_expiry();
+            }
             let pause = backoff + backoff.mul_f64(fastrand::f64() / 2.0);
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(BACKOFF_LAST);
@@ -162,13 +191,34 @@ impl Discovery {
         request.metadata_mut().insert("authorization", bearer);
         let mut stream = ConfigStreamClient::new(channel).subscribe(request).await?.into_inner();
         info!(%server, "subscribed to the config stream");
+        if let Some(keeper) = &mut self.identity {
+            keeper.new_stream();
+        }
         let mut pending: Option<ConfigUpdate> = None;
-        while let Some(piece) = stream.message().await? {
+        loop {
+            let renewal = self.identity.as_ref().and_then(Keeper::next_request);
+            let piece = tokio::select! {
+                piece = stream.message() => match piece? {
+                    Some(piece) => piece,
+                    None => break,
+                },
+                () = sleep_until(renewal) => {
+                    let keeper = self.identity.as_mut().expect("a renewal is due only with an identity to keep");
+                    if let Some(csr) = keeper.request(&self.settings)
+                        && send.send(message(csr)).await.is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
+            };
             // A large update arrives in pieces: apply it once whole.
-            let update = match pending.take() {
+            let mut update = match pending.take() {
                 Some(mut update) if update.version == piece.version => {
                     update.resources.extend(piece.resources);
                     update.removed.extend(piece.removed);
+                    update.trust_bundle = update.trust_bundle.or(piece.trust_bundle);
+                    update.certificate = update.certificate.or(piece.certificate);
                     update.more = piece.more;
                     update
                 }
@@ -179,6 +229,16 @@ impl Discovery {
                 continue;
             }
             let version = update.version;
+            if let Some(keeper) = &mut self.identity {
+                keeper.take(update.trust_bundle.take(), update.certificate.take());
+            }
+            // An update that carried only identity has nothing for the listeners.
+            if !update.full && update.resources.is_empty() && update.removed.is_empty() {
+                if send.send(message(proxy_message::Kind::Ack(Ack { version }))).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             let reply = match self.apply(update, updates).await {
                 Applied::Yes => proxy_message::Kind::Ack(Ack { version }),
                 Applied::No(error) => {
@@ -286,6 +346,137 @@ impl Discovery {
         std::fs::create_dir_all(&self.settings.state_dir).map_err(failed)?;
         let bytes = serde_json::to_vec(&self.snapshot).expect("a snapshot serializes");
         write_atomically(&path, &bytes).map_err(failed)
+    }
+}
+
+/// Keeps the sidecar's certificate current and its trust bundle as the control plane sends it.
+struct Keeper {
+    credentials: Arc<Credentials>,
+    /// The key of the request in flight, and when it was sent.
+    pending: Option<(KeyPair, Instant)>,
+    /// When to ask for the next certificate.
+    renew_at: Option<Instant>,
+    /// The root that signed the current certificate (DER), to notice when another one signs.
+    signed_by: Option<Vec<u8>>,
+    /// The expiry already reported, so that it is reported once.
+    reported: Option<SystemTime>,
+}
+
+impl Keeper {
+    fn new(credentials: Arc<Credentials>) -> Self {
+        Self { credentials, pending: None, renew_at: None, signed_by: None, reported: None }
+    }
+
+    /// A new stream: a request sent on the old one will not be answered.
+    fn new_stream(&mut self) {
+        self.pending = None;
+        if self.credentials.identity().is_none() {
+            self.renew_at = Some(Instant::now());
+        }
+    }
+
+    /// When to send the next request: the renewal time, or a request unanswered for too long
+    /// sent again.
+    fn next_request(&self) -> Option<Instant> {
+        match &self.pending {
+            Some((_, sent)) => Some(*sent + CSR_PATIENCE),
+            None => self.renew_at,
+        }
+    }
+
+    /// A certificate request for a fresh key.
+    fn request(&mut self, settings: &Settings) -> Option<proxy_message::Kind> {
+        let id = if settings.edge {
+            SpiffeId::edge(&settings.namespace)
+        } else {
+            SpiffeId::new(&settings.namespace, &settings.service)
+        };
+        let made = id.map_err(|e| e.to_string()).and_then(|id| {
+            let key = Identity::new_key().map_err(|e| e.to_string())?;
+            let csr = Identity::csr(&key, &id).map_err(|e| e.to_string())?;
+            Ok((key, csr))
+        });
+        match made {
+            Ok((key, csr_pem)) => {
+                debug!("asking for a certificate");
+                self.pending = Some((key, Instant::now()));
+                Some(proxy_message::Kind::CertificateRequest(CertificateRequest { csr_pem }))
+            }
+            Err(error) => {
+                error!(%error, "cannot make a certificate request");
+                self.pending = None;
+                self.renew_at = Some(Instant::now() + CSR_PATIENCE);
+                None
+            }
+        }
+    }
+
+    /// What an update brought: a trust bundle, an answer to the request in flight.
+    fn take(&mut self, bundle: Option<Bundle>, certificate: Option<IssuedCertificate>) {
+        if let Some(bundle) = bundle {
+            match TrustBundle::from_pem(&bundle.roots_pem.concat()) {
+                Ok(bundle) => {
+                    let signing = bundle.certificates().first().map(|root| root.to_vec());
+                    info!(roots = bundle.certificates().len(), "trust bundle updated");
+                    self.credentials.update_bundle(bundle);
+                    // A CA rotation's new root signs now: move to it at once, so that the
+                    // old root can leave every bundle.
+                    if self.signed_by.is_some() && signing != self.signed_by && self.pending.is_none() {
+                        info!("the signing root changed; asking for a certificate from it");
+                        self.renew_at = Some(Instant::now());
+                    }
+                }
+                Err(error) => warn!(%error, "the control plane sent a trust bundle that cannot be used"),
+            }
+        }
+        let Some(certificate) = certificate else { return };
+        let Some((key, _)) = self.pending.take() else {
+            debug!("a certificate arrived with no request in flight; ignored");
+            return;
+        };
+        if !certificate.error.is_empty() {
+            warn!(error = %certificate.error, "the control plane refused the certificate request; asking again later");
+            self.renew_at = Some(Instant::now() + CSR_PATIENCE);
+            return;
+        }
+        match Identity::from_issued(key, &certificate.chain_pem) {
+            Ok(identity) => {
+                let remaining = identity.not_after().duration_since(SystemTime::now()).unwrap_or_default();
+                info!(
+                    identity = %identity.spiffe_id(),
+                    expires_in_s = remaining.as_secs(),
+                    "certificate issued"
+                );
+                self.renew_at = Some(Instant::now() + remaining / 2);
+                self.signed_by = identity.chain().get(1).map(|root| root.to_vec());
+                self.reported = None;
+                self.credentials.update_identity(identity);
+            }
+            Err(error) => {
+                warn!(%error, "the issued certificate cannot be used; asking again later");
+                self.renew_at = Some(Instant::now() + CSR_PATIENCE);
+            }
+        }
+    }
+
+    /// Says once, loudly, that the certificate has expired while the control plane is away.
+    fn report_expiry(&mut self) {
+        let Some(identity) = self.credentials.identity() else { return };
+        if identity.not_after() <= SystemTime::now() && self.reported != Some(identity.not_after()) {
+            self.reported = Some(identity.not_after());
+            error!(
+                identity = %identity.spiffe_id(),
+                "the certificate expired and the control plane cannot be reached to renew it: mesh connections are refused (never sent in plaintext) until it returns"
+            );
+        }
+    }
+}
+
+/// Sleeps until `at`; forever if it is `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -155,7 +155,7 @@ impl fmt::Display for Denied {
                 }
                 Ok(())
             }
-            None => f.write_str("; any caller with a certificate of the mesh is allowed"),
+            None => f.write_str("; any service of the namespace is allowed"),
         }
     }
 }

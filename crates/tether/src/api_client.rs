@@ -62,18 +62,26 @@ impl ApiClient {
 
     /// `GET path` → the JSON body of a 2xx answer; anything else is an error for people.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.inner.get(path).await.map_err(|e| self.explain(e))
+    }
+
+    /// `POST path` with a JSON body → the JSON body of a 2xx answer.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.inner.post(path, body).await.map_err(|e| self.explain(e))
+    }
+
+    fn explain(&self, error: ApiError) -> anyhow::Error {
         let base = self.inner.base();
-        match self.inner.get(path).await {
-            Ok(json) => Ok(json),
-            Err(ApiError::Unreachable { reason, .. }) => bail!(
+        match error {
+            ApiError::Unreachable { reason, .. } => anyhow::anyhow!(
                 "cannot reach the control plane at {base}: {reason}; is `tether server` running there? (set --server or TETHER_SERVER)"
             ),
-            Err(ApiError::Refused { status: StatusCode::UNAUTHORIZED, message, .. }) => bail!(
+            ApiError::Refused { status: StatusCode::UNAUTHORIZED, message, .. } => anyhow::anyhow!(
                 "the control plane at {base} refused the token ({message}); the token came from {}. Pass the admin token (the server's DATA_DIR/admin.token) with --token or TETHER_TOKEN",
                 self.token_source
             ),
-            Err(ApiError::Refused { status, message, .. }) => bail!("{status}: {message}"),
-            Err(e @ ApiError::Malformed { .. }) => Err(e.into()),
+            ApiError::Refused { status, message, .. } => anyhow::anyhow!("{status}: {message}"),
+            e @ ApiError::Malformed { .. } => e.into(),
         }
     }
 }

@@ -168,7 +168,7 @@ async fn list_services(client: &ApiClient, ns: &str) -> anyhow::Result<Vec<Value
     answer["services"].as_array().cloned().context("the answer has no `services` list")
 }
 
-fn run(work: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+pub fn run(work: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -3,6 +3,7 @@
 
 mod api_client;
 mod app;
+mod ca;
 mod inspect;
 mod proxy;
 mod server;
@@ -46,6 +47,7 @@ enum Command {
     Ps(app::inspect::PsArgs),
     Logs(app::inspect::LogsArgs),
     Run(app::run::Args),
+    Ca(ca::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,5 +80,6 @@ fn main() -> ExitCode {
         Command::Ps(args) => app::inspect::ps(args),
         Command::Logs(args) => app::inspect::logs(args),
         Command::Run(args) => app::run::main(args),
+        Command::Ca(args) => ca::main(args),
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tether_model::ProxyConfig;
+use tether_proxy::tls::Credentials;
 use tether_proxy::{BindError, HostsFile, Netns, Network, Proxy};
 use tracing::{error, info, warn};
 
@@ -185,6 +186,15 @@ impl Sandbox {
         Proxy::bind_in(config, self.network.clone()).await
     }
 
+    /// Binds a proxy whose mutual TLS uses `credentials`.
+    async fn bind_with(
+        &self,
+        config: ProxyConfig,
+        credentials: &Arc<Credentials>,
+    ) -> Result<Proxy, BindError> {
+        Proxy::bind_with(config, self.network.clone(), credentials.clone()).await
+    }
+
     fn keep_hosts_file(self, proxy: Proxy) -> Proxy {
         match self.hosts {
             Some(hosts) => proxy.keep_hosts_file(hosts),
@@ -197,6 +207,7 @@ impl Sandbox {
 mod fed {
     use super::*;
     use tether_proxy::discovery::{Discovery, Settings};
+    use tether_proxy::tls::TlsMetrics;
 
     pub fn main(args: Args, server: String) -> ExitCode {
         let service = if args.edge { Some("edge".to_owned()) } else { args.service };
@@ -258,18 +269,20 @@ mod fed {
     }
 
     async fn run(settings: Settings, sandbox: Sandbox) -> anyhow::Result<()> {
-        let mut discovery = Discovery::new(settings);
+        // The sidecar's identity lives in memory only: a restarted sidecar asks for a new one.
+        let credentials = Credentials::empty(TlsMetrics::new());
+        let mut discovery = Discovery::new(settings).with_credentials(credentials.clone());
         let saved = discovery.load_saved()?;
         let (updates, mut incoming) = tokio::sync::mpsc::channel(1);
         tokio::spawn(discovery.run(updates));
         let proxy = match saved {
-            Some(config) => sandbox.bind(config).await?,
+            Some(config) => sandbox.bind_with(config, &credentials).await?,
             None => loop {
                 info!("waiting for the first config from the control plane");
                 let Some(first) = incoming.recv().await else {
                     anyhow::bail!("the config stream ended before the first config");
                 };
-                match sandbox.bind(first.config).await {
+                match sandbox.bind_with(first.config, &credentials).await {
                     Ok(proxy) => {
                         let _ = first.done.send(Ok(()));
                         break proxy;

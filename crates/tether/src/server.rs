@@ -1,11 +1,13 @@
 //! `tether server`: the control plane.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use tether_control::ca::Ca;
+use tether_control::identity::IdentityOptions;
 use tether_control::stream::ConfigStreamService;
 use tether_control::{DEFAULT_LISTEN, Server, ServerConfig, default_data_dir, ensure_data_dir};
 use tether_store::{Embedded, Etcd, Store};
@@ -27,6 +29,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// acknowledged), or in etcd with --store etcd://HOST:PORT,..., so that several servers share
 /// it. SIGTERM or SIGINT stops accepting and lets requests in flight finish.
 ///
+/// It runs the mesh's certificate authority: an ECDSA P-256 root made on first start and kept
+/// in the store (or the CA given with --ca-cert and --ca-key), which gives every sidecar a
+/// certificate for spiffe://NAMESPACE/SERVICE, renewed at half its lifetime. `tether ca
+/// rotate` moves to a new root without downtime.
+///
 /// Defaults: --listen 127.0.0.1:7700 (this machine only); --data /var/lib/tether when run as
 /// root, else $XDG_DATA_HOME/tether or ~/.local/share/tether.
 #[derive(clap::Args)]
@@ -44,6 +51,60 @@ pub struct Args {
     /// Where the API listens (IP:PORT); port 0 lets the kernel pick.
     #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// The CA certificate to sign sidecar certificates with (PEM, ECDSA P-256), instead of a
+    /// root made on first start. Sidecars trust it as their root. With --ca-key.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The CA certificate's private key (PKCS #8 PEM). With --ca-cert.
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// How long sidecar certificates live, e.g. 24h, 30m, 90s; they are renewed at half-life.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_lifetime)]
+    certificate_lifetime: Duration,
+}
+
+/// The lifetime of sidecar certificates, from 10 s to 365 days.
+pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
+    parse_duration(text, Duration::from_secs(10)..=Duration::from_secs(365 * 86_400))
+}
+
+/// A number with a unit (`s`, `m`, `h`, `d`; plain seconds without one) within `range`.
+pub fn parse_duration(text: &str, range: std::ops::RangeInclusive<Duration>) -> Result<Duration, String> {
+    let text = text.trim();
+    let not_one = || format!("`{text}` is not a duration; expected e.g. 90s, 30m, 24h or 7d");
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(not_one()),
+    };
+    let duration = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(seconds))
+        .map(Duration::from_secs)
+        .ok_or_else(not_one)?;
+    if !range.contains(&duration) {
+        return Err(format!(
+            "{text} is out of range; expected {} s to {} s",
+            range.start().as_secs(),
+            range.end().as_secs()
+        ));
+    }
+    Ok(duration)
+}
+
+/// The CA the operator supplies, read and checked before anything starts.
+fn supplied_ca(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<Ca>, String> {
+    let (Some(cert), Some(key)) = (cert, key) else { return Ok(None) };
+    let read = |flag: &str, path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+    };
+    let ca = Ca::from_pem(&read("--ca-cert", cert)?, &read("--ca-key", key)?)
+        .map_err(|e| format!("--ca-cert/--ca-key: {e}"))?;
+    Ok(Some(ca))
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -54,7 +115,18 @@ pub fn main(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let config = ServerConfig { listen: args.listen, data_dir: args.data.unwrap_or_else(default_data_dir) };
+    let supplied = match supplied_ca(args.ca_cert.as_deref(), args.ca_key.as_deref()) {
+        Ok(supplied) => supplied,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir: args.data.unwrap_or_else(default_data_dir),
+        identity: IdentityOptions { lifetime: args.certificate_lifetime, supplied },
+    };
     let run = async {
         ensure_data_dir(&config.data_dir)?;
         match etcd {
@@ -95,7 +167,11 @@ pub fn main(args: Args) -> ExitCode {
 
 async fn serve<S: Store>(config: &ServerConfig, store: S) -> anyhow::Result<()> {
     let server = Server::bind(config, store).await?;
-    let stream = ConfigStreamService::new(server.registry().clone(), server.admin_token().clone());
+    let stream = ConfigStreamService::new(
+        server.registry().clone(),
+        server.admin_token().clone(),
+        server.issuer().clone(),
+    );
     let server = server.merge(stream.router());
     info!(token = %server.token_path().display(), "admin token");
     // Tests and scripts read the address from this line.

@@ -103,7 +103,10 @@ pub async fn bootstrap_token<S: Store>(
             return Err(Error::invalid("edge", "name a `service` or set `edge: true`, not both"));
         }
         (None, false) => {
-            return Err(Error::invalid("service", "missing: name the task's `service` (or set `edge: true`)"));
+            return Err(Error::invalid(
+                "service",
+                "missing: name the task's `service` (or set `edge: true`)",
+            ));
         }
     };
     let scope = Scope { namespace: ns, service, task: body.task };

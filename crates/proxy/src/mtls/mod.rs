@@ -127,9 +127,21 @@ impl Caller {
     pub fn check(&self) -> Result<(), ProxyError> {
         let policy = self.access.policy.load();
         let Some(tls) = &policy.tls else { return Ok(()) };
-        // A plaintext connection opened before the listener turned mutual TLS on has no
-        // identity to allow.
-        if self.identity.as_ref().is_some_and(|id| tls.allows(id)) {
+        let allowed = match (&self.identity, &tls.allow_from) {
+            (Some(id), Some(_)) => tls.allows(id),
+            // Without allowFrom, any service of this sidecar's own namespace: one CA serves
+            // every namespace of the control plane.
+            (Some(id), None) => self
+                .access
+                .mtls
+                .credentials
+                .identity()
+                .is_some_and(|own| own.spiffe_id().namespace() == id.namespace()),
+            // A plaintext connection opened before the listener turned mutual TLS on has no
+            // identity to allow.
+            (None, _) => false,
+        };
+        if allowed {
             return Ok(());
         }
         let caller = self.identity.as_ref().map_or_else(|| "none".to_owned(), SpiffeId::to_string);

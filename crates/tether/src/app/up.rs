@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use tether_control::identity::IdentityOptions;
 use tether_control::stream::ConfigStreamService;
 use tether_control::{Server, ServerConfig, ensure_data_dir};
 use tether_model::App;
@@ -47,6 +48,10 @@ pub struct Args {
     /// Seconds a stopping task's sidecar keeps serving while its removal reaches the callers.
     #[arg(long, value_name = "SECONDS", default_value_t = 2.0)]
     drain_wait: f64,
+    /// How long the sidecars' certificates live (embedded control plane), e.g. 24h, 30m, 90s;
+    /// renewed at half-life.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = crate::server::parse_lifetime, conflicts_with = "server")]
+    certificate_lifetime: Duration,
     /// Show progress only, not the apps' output.
     #[arg(long, short)]
     quiet: bool,
@@ -102,7 +107,8 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
             let stopped = async move {
                 let _ = control_stopped.await;
             };
-            let (url, token, join) = embedded_control_plane(&data, args.listen, stopped).await?;
+            let identity = IdentityOptions { lifetime: args.certificate_lifetime, supplied: None };
+            let (url, token, join) = embedded_control_plane(&data, args.listen, identity, stopped).await?;
             (url, token, Some(join))
         }
     };
@@ -183,17 +189,22 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
 async fn embedded_control_plane(
     data: &Path,
     listen: SocketAddr,
+    identity: IdentityOptions,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(String, String, tokio::task::JoinHandle<()>)> {
     let dir = data.to_path_buf();
     let store = tokio::task::spawn_blocking(move || Embedded::open(&dir))
         .await?
         .with_context(|| format!("opening the embedded store in {}", data.display()))?;
-    let config = ServerConfig { listen, data_dir: data.to_path_buf() };
+    let config = ServerConfig { listen, data_dir: data.to_path_buf(), identity };
     let server = Server::bind(&config, store).await.with_context(|| {
         format!("starting the control plane on {listen} (is another `tether up` or `tether server` using it? pass --listen 127.0.0.1:0)")
     })?;
-    let stream = ConfigStreamService::new(server.registry().clone(), server.admin_token().clone());
+    let stream = ConfigStreamService::new(
+        server.registry().clone(),
+        server.admin_token().clone(),
+        server.issuer().clone(),
+    );
     let token = server.admin_token().as_str().to_owned();
     let server = server.merge(stream.router());
     let url = format!("http://{}", server.local_addr());

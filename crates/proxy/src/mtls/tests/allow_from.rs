@@ -1,7 +1,7 @@
 //! Reliability A8: a caller not in the callee's `allowFrom` is refused at the callee's sidecar,
 //! by the identity its certificate proves and nothing it says.
 
-use super::harness::{EchoBackend, HttpBackend, Mesh, Sidecar, echo, get};
+use super::harness::{EchoBackend, HttpBackend, Leaf, Mesh, Sidecar, echo, get};
 use super::{callee_config, caller_config};
 
 const ONLY_CHECKOUT: &str = "{ allowFrom: [\"spiffe://shop/checkout\"] }";
@@ -71,4 +71,25 @@ async fn a_changed_allow_from_applies_to_connections_already_open() {
     assert_eq!((refused.status.as_u16(), refused.error()), (403, Some("forbidden")));
     assert!(refused.body.contains("allowFrom: spiffe://shop/admin"), "{}", refused.body);
     assert_eq!(http.requests(), 1);
+}
+
+#[tokio::test]
+async fn without_allow_from_any_service_of_the_namespace_may_call_and_no_other() {
+    let mesh = Mesh::new();
+    let (http, echo_app) = (HttpBackend::start().await, EchoBackend::start().await);
+    let callee =
+        Sidecar::start(&callee_config(&http, &echo_app, Some("{}")), &mesh.credentials("payment")).await;
+    let (api, raw) = (callee.addr("api"), callee.addr("raw"));
+    let neighbour =
+        Sidecar::start(&caller_config("checkout", api, raw, 1.0), &mesh.credentials("checkout")).await;
+    // Same CA, same service name, another namespace of the control plane.
+    let stranger = mesh.credentials_of(Leaf::spiffe_in("lab", "checkout"));
+    let stranger = Sidecar::start(&caller_config("checkout", api, raw, 1.0), &stranger).await;
+
+    assert_eq!(get(neighbour.addr("payment"), "/", &[]).await.status, 200);
+    let refused = get(stranger.addr("payment"), "/", &[]).await;
+    assert_eq!((refused.status.as_u16(), refused.error()), (403, Some("forbidden")));
+    assert!(refused.body.contains("any service of the namespace"), "{}", refused.body);
+    assert_eq!(echo(stranger.addr("payment-raw"), b"ping").await, b"");
+    assert_eq!(http.requests(), 1, "a caller of another namespace reached the app");
 }

@@ -24,7 +24,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::netns::Network;
-use crate::tls::tests::pki::{Ca, Leaf, bundle};
+pub use crate::tls::tests::pki::Leaf;
+use crate::tls::tests::pki::{Ca, bundle};
 use crate::tls::{Credentials, TlsMetrics};
 use crate::{Proxy, Update};
 
@@ -51,8 +52,12 @@ impl Mesh {
 
     /// The credentials of a sidecar of `service`, as the control plane would fill them in.
     pub fn credentials(&self, service: &str) -> Arc<Credentials> {
+        self.credentials_of(Leaf::spiffe(service))
+    }
+
+    pub fn credentials_of(&self, leaf: Leaf) -> Arc<Credentials> {
         let credentials = Credentials::empty(TlsMetrics::new());
-        credentials.update_identity(self.ca.issue(Leaf::spiffe(service)).identity());
+        credentials.update_identity(self.ca.issue(leaf).identity());
         credentials.update_bundle(bundle(&[&self.ca]));
         credentials
     }

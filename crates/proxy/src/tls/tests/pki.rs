@@ -70,6 +70,11 @@ impl Leaf {
         Self::with_sans(vec![uri(&format!("spiffe://shop/{service}"))])
     }
 
+    /// The same, of another namespace.
+    pub fn spiffe_in(namespace: &str, service: &str) -> Self {
+        Self::with_sans(vec![uri(&format!("spiffe://{namespace}/{service}"))])
+    }
+
     pub fn with_sans(sans: Vec<SanType>) -> Self {
         Self {
             sans,
