@@ -11,3 +11,12 @@ mod harness;
 fn framing_corpus() {
     corpus::replay("framing", 20, harness::run);
 }
+
+#[path = "../../../fuzz/harness/spiffe.rs"]
+mod spiffe;
+
+/// The `spiffe` target: a peer's certificate and SPIFFE ID, both untrusted.
+#[test]
+fn spiffe_corpus() {
+    corpus::replay("spiffe", 10, spiffe::run);
+}

@@ -36,6 +36,12 @@ const EXIT_BAD_CONFIG: u8 = 64;
 ///
 ///   tether proxy --server http://127.0.0.1:7700 --namespace shop --service web --task web-1
 ///
+/// It also gets its identity there: it makes a key of its own (never written anywhere), asks
+/// the control plane's CA for a certificate for spiffe://NAMESPACE/SERVICE and renews it at half
+/// its lifetime; its listeners and connections speak mutual TLS 1.3 wherever the config says
+/// so. The token may be the admin token, or a bootstrap token made for this task
+/// (POST /v1/namespaces/NS/bootstrap-tokens), which is good for nothing else.
+///
 /// For a task in a sandbox of its own (either way of taking the config), --netns names the
 /// task's network namespace: the proxy stays in the host's and makes the outbound listeners
 /// and its connections to the app inside the task's, so the app's only way out is through
@@ -53,7 +59,8 @@ pub struct Args {
     /// comma-separated, tried in turn when the one in use fails.
     #[arg(long, value_name = "URL[,URL…]", requires_all = ["namespace", "task"])]
     server: Option<String>,
-    /// The bearer token for the control plane (with --server).
+    /// The bearer token for the control plane (with --server): the admin token, or a
+    /// bootstrap token for this task.
     #[arg(long, env = "TETHER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The namespace of the task this sidecar serves.
