@@ -110,6 +110,7 @@ impl<S: Store> ConfigStream for ConfigStreamService<S> {
             handle: self.issuer.proxies().connect(&hello.namespace, identity.service(), &hello.task),
             issuer: self.issuer.clone(),
             identity,
+            recent: Default::default(),
         };
         tokio::spawn(serve(followed, hello, incoming, updates, issuing));
         Ok(Response::new(ReceiverStream::new(stream)))
@@ -136,11 +137,18 @@ fn identity_of(hello: &Hello, caller: &Caller) -> Result<SpiffeId, Status> {
     id.map_err(|e| Status::invalid_argument(format!("the hello names no identity tether issues: {e}")))
 }
 
+/// Certificate requests a stream may make per [`CSR_WINDOW`]: a sidecar asks once per half
+/// lifetime, so more is a sidecar gone wrong (or hostile) making the CA sign in a loop.
+const CSR_BURST: usize = 10;
+const CSR_WINDOW: Duration = Duration::from_secs(60);
+
 /// A stream's part in identity: what it may be issued, and what it has taken.
 struct Issuing<S> {
     issuer: Arc<Issuer<S>>,
     identity: SpiffeId,
     handle: ProxyHandle,
+    /// When the last requests were answered, for [`CSR_BURST`].
+    recent: std::collections::VecDeque<tokio::time::Instant>,
 }
 
 impl<S: Store> Issuing<S> {
@@ -163,7 +171,16 @@ impl<S: Store> Issuing<S> {
     }
 
     /// The answer to a certificate request, to send in update `version`.
-    fn certificate(&self, request: &CertificateRequest, version: u64) -> IssuedCertificate {
+    fn certificate(&mut self, request: &CertificateRequest, version: u64) -> IssuedCertificate {
+        let now = tokio::time::Instant::now();
+        self.recent.retain(|at| now.duration_since(*at) < CSR_WINDOW);
+        if self.recent.len() >= CSR_BURST {
+            warn!(identity = %self.identity, "too many certificate requests; refusing");
+            let error =
+                format!("more than {CSR_BURST} certificate requests within {CSR_WINDOW:?}; ask again later");
+            return IssuedCertificate { chain_pem: String::new(), error };
+        }
+        self.recent.push_back(now);
         match self.issuer.issue(&request.csr_pem, &self.identity) {
             Ok((issued, signed_by)) => {
                 debug!(identity = %self.identity, not_after = ?issued.not_after, "certificate issued");
@@ -190,7 +207,7 @@ async fn serve<S: Store>(
     hello: Hello,
     mut incoming: Streaming<ProxyMessage>,
     updates: mpsc::Sender<Result<ConfigUpdate, Status>>,
-    issuing: Issuing<S>,
+    mut issuing: Issuing<S>,
 ) {
     let mut me = Me {
         service: hello.service.clone(),
