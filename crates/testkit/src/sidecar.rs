@@ -40,27 +40,23 @@ impl Sidecar {
         (namespace, service, task): (&str, &str, &str),
         state_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let state = state_dir.to_str().context("a temporary path is UTF-8")?;
-        let args = [
-            "proxy",
-            "--server",
-            server,
-            "--token",
-            token,
-            "--namespace",
-            namespace,
-            "--service",
-            service,
-            "--task",
-            task,
-            "--admin",
-            "127.0.0.1:0",
-            "--outbound-ip",
-            "127.0.0.1",
-            "--state-dir",
-            state,
-        ];
+        let args = fed_args(server, token, (namespace, service, task), state_dir)?;
         Self::spawn(bin, &args, tempfile::tempdir()?).await
+    }
+
+    /// Starts `tether proxy --server URL …` as [`start_fed`](Self::start_fed) does, without
+    /// waiting for anything: for a sidecar the control plane is expected to refuse, which
+    /// never gets a config to serve (nor an admin endpoint).
+    pub fn spawn_fed(
+        bin: &str,
+        server: &str,
+        token: &str,
+        task: (&str, &str, &str),
+        state_dir: &Path,
+    ) -> anyhow::Result<LoggedChild> {
+        let mut command = Command::new(bin);
+        command.args(fed_args(server, token, task, state_dir)?).env("TETHER_LOG", "debug");
+        LoggedChild::spawn(command)
     }
 
     async fn spawn(bin: &str, args: &[&str], dir: tempfile::TempDir) -> anyhow::Result<Self> {
@@ -167,6 +163,36 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The arguments of `tether proxy --server` for a task, with its state in `state_dir`, the
+/// admin endpoint and the outbound listeners on loopback ports of the system's choosing.
+fn fed_args<'a>(
+    server: &'a str,
+    token: &'a str,
+    (namespace, service, task): (&'a str, &'a str, &'a str),
+    state_dir: &'a Path,
+) -> anyhow::Result<[&'a str; 17]> {
+    let state = state_dir.to_str().context("a temporary path is UTF-8")?;
+    Ok([
+        "proxy",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--namespace",
+        namespace,
+        "--service",
+        service,
+        "--task",
+        task,
+        "--admin",
+        "127.0.0.1:0",
+        "--outbound-ip",
+        "127.0.0.1",
+        "--state-dir",
+        state,
+    ])
 }
 
 /// `listening kind=outbound name=web addr=127.0.0.1:4000` lines → name → address.
