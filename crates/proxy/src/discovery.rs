@@ -148,6 +148,11 @@ impl Discovery {
                     info!("the control plane closed the config stream; reconnecting");
                     backoff = BACKOFF_FIRST;
                 }
+                Err(error) if refused(&error) => {
+                    // Not an outage: the same token and hello will be refused again until the
+                    // operator fixes them. Keep asking (backing off), and say so plainly.
+                    error!(%server, reason = %error.message(), "the control plane refused this sidecar; serving the last good config, if any");
+                }
                 Err(error) => {
                     warn!(%server, %error, "control plane unreachable; serving the last good config");
                     replica += 1;
@@ -470,6 +475,13 @@ impl Keeper {
             );
         }
     }
+}
+
+/// Whether the control plane turned the stream down for who this sidecar is (its token, its
+/// hello), rather than failing to answer.
+fn refused(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument)
 }
 
 /// Sleeps until `at`; forever if it is `None`.

@@ -41,6 +41,10 @@ pub enum ProxyError {
     /// Mutual TLS is required and this sidecar has no usable certificate (fail closed).
     #[error("cannot call {endpoint} over mutual TLS: {why}")]
     NoCertificate { endpoint: SocketAddr, why: Unusable },
+    /// An inbound listener with mutual TLS, on a connection opened while this sidecar's
+    /// certificate was still valid: it no longer is, so nothing more is served (fail closed).
+    #[error("this sidecar cannot serve over mutual TLS: {why}")]
+    CannotServe { why: Unusable },
     /// The caller may not call this listener (its `allowFrom`).
     #[error("forbidden: {0}")]
     Forbidden(Box<Denied>),
@@ -65,7 +69,7 @@ impl ProxyError {
             Self::BadRequest { .. } | Self::RequestBodyTimeout { .. } | Self::Forbidden(_) => {
                 Blame::Downstream
             }
-            Self::NoCertificate { .. } => Blame::Proxy,
+            Self::NoCertificate { .. } | Self::CannotServe { .. } => Blame::Proxy,
             Self::Framing(v) if v.kind != crate::http::framing::Kind::UpstreamHead => Blame::Downstream,
             _ => Blame::Upstream,
         }
@@ -80,6 +84,7 @@ impl ProxyError {
                 | Self::Handshake { .. }
                 | Self::TlsHandshake { .. }
                 | Self::NoCertificate { .. }
+                | Self::CannotServe { .. }
         )
     }
 
@@ -103,7 +108,9 @@ impl ProxyError {
             Self::ConnectFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "connect-failed"),
             Self::Handshake { .. } => (StatusCode::BAD_GATEWAY, "handshake-failed"),
             Self::TlsHandshake { .. } => (StatusCode::BAD_GATEWAY, "tls-handshake-failed"),
-            Self::NoCertificate { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-certificate"),
+            Self::NoCertificate { .. } | Self::CannotServe { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no-certificate")
+            }
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::RequestTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "request-timeout"),
             Self::RequestBodyTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "request-body-timeout"),

@@ -127,6 +127,11 @@ impl Caller {
     pub fn check(&self) -> Result<(), ProxyError> {
         let policy = self.access.policy.load();
         let Some(tls) = &policy.tls else { return Ok(()) };
+        // The handshake was made with a certificate that has expired since: the connection
+        // serves nothing more, as a new one would not be accepted.
+        if let Some(why) = self.access.mtls.credentials.unusable() {
+            return Err(ProxyError::CannotServe { why });
+        }
         let allowed = match (&self.identity, &tls.allow_from) {
             (Some(id), Some(_)) => tls.allows(id),
             // Without allowFrom, any service of this sidecar's own namespace: one CA serves

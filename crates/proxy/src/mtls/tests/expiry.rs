@@ -64,6 +64,27 @@ async fn a_callee_with_an_expired_certificate_refuses_handshakes() {
 }
 
 #[tokio::test]
+async fn a_callee_whose_certificate_expires_serves_nothing_more_on_open_connections() {
+    let mesh = Mesh::new();
+    let (http, echo_app) = (HttpBackend::start().await, EchoBackend::start().await);
+    let payment = mesh.credentials("payment");
+    let callee = Sidecar::start(&callee_config(&http, &echo_app, Some("{}")), &payment).await;
+    let config = caller_config("checkout", callee.addr("api"), callee.addr("raw"), 1.0);
+    let caller = Sidecar::start(&config, &mesh.credentials("checkout")).await;
+    assert_eq!(get(caller.addr("payment"), "/", &[]).await.status, 200);
+
+    // The caller's HTTP/2 connection was made while the callee's certificate was valid.
+    payment.update_identity(mesh.ca.issue(Leaf::spiffe("payment").expired()).identity());
+    let reply = get(caller.addr("payment"), "/", &[]).await;
+    assert_eq!((reply.status.as_u16(), reply.error()), (503, Some("no-certificate")), "{}", reply.body);
+    assert!(reply.body.contains("cannot serve over mutual TLS"), "{}", reply.body);
+    assert_eq!(http.requests(), 1, "a request reached the app behind an expired certificate");
+
+    payment.update_identity(mesh.ca.issue(Leaf::spiffe("payment")).identity());
+    assert_eq!(get(caller.addr("payment"), "/", &[]).await.status, 200);
+}
+
+#[tokio::test]
 async fn a_sidecar_waits_for_its_first_certificate_then_serves() {
     let mesh = Mesh::new();
     let (http, echo_app) = (HttpBackend::start().await, EchoBackend::start().await);
