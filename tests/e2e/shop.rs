@@ -39,6 +39,21 @@ async fn the_shop_demo_answers_through_the_whole_chain() {
     }
     assert_eq!(reply["order"]["payment"]["status"], "approved", "{reply:#}");
 
+    // payment allows orders only: the frontend, calling it by name from inside its task, is
+    // refused by payment's sidecar, which knows the caller by its certificate.
+    let frontend = shop.tasks("frontend", "HEALTHY");
+    let pid = shop.app_pid(&frontend[0], "frontend.py").expect("a frontend app");
+    let refused = inside(
+        pid,
+        "import urllib.request, urllib.error\n\
+         try:\n    urllib.request.urlopen('http://payment-service/api/process-payment', timeout=5)\n\
+         except urllib.error.HTTPError as e:\n    print(e.code, e.headers['x-tether-error'], e.read().decode())",
+    );
+    assert!(
+        refused.starts_with("403 forbidden forbidden: `spiffe://shop.local/frontend` may not call"),
+        "the frontend reached payment: {refused}"
+    );
+
     // The processes of the run, and its sandboxes' network namespaces.
     let running = shop.leftovers();
     assert!(running.len() >= 14, "7 apps and 7 sidecars expected: {running:?}");
@@ -59,6 +74,16 @@ async fn the_shop_demo_answers_through_the_whole_chain() {
     }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&*data.path().to_string_lossy()), "mounts left behind: {mounts}");
+}
+
+/// What `python3 -c code` prints inside the task whose app is `pid` (its network and mount
+/// namespaces, so its `/etc/hosts`).
+fn inside(pid: u32, code: &str) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "-m", "python3", "-c", code])
+        .output()
+        .expect("nsenter (util-linux) is needed");
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// The network namespaces any process is in.
