@@ -1,6 +1,7 @@
 //! A `tether up` run by a test: the spec and its apps written into a folder of their own, the
 //! process's output collected, and the commands that work against it (`ps`, `deploy`, …).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
@@ -168,6 +169,36 @@ impl RunningApp {
             .collect()
     }
 
+    /// The control plane's URL and admin token, as `tether up` keeps them in `up.json`.
+    pub fn control_plane(&self) -> anyhow::Result<(String, String)> {
+        let path = self.data.join("up.json");
+        let session: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let field = |name: &str| {
+            session[name].as_str().map(str::to_owned).with_context(|| format!("no `{name}` in {session}"))
+        };
+        Ok((field("server")?, field("token")?))
+    }
+
+    /// The task sidecars and the edge proxy of this run that are running, found by their
+    /// command lines, which name the data directory.
+    pub fn proxies(&self) -> Vec<RunningProxy> {
+        let data = self.data.to_string_lossy().into_owned();
+        all_processes()
+            .into_iter()
+            .filter_map(|(pid, _)| {
+                let args = command_line(pid);
+                if args.get(1).map(String::as_str) != Some("proxy")
+                    || !args.iter().any(|a| a.starts_with(&data))
+                {
+                    return None;
+                }
+                let after = |flag: &str| args.iter().skip_while(|a| *a != flag).nth(1).cloned();
+                Some(RunningProxy { pid, task: after("--task")?, admin: after("--admin")?.parse().ok()? })
+            })
+            .collect()
+    }
+
     /// Ctrl-C, and waits for `tether up` to exit.
     pub async fn stop(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         self.up.signal("INT");
@@ -176,6 +207,25 @@ impl RunningApp {
             .await
             .with_context(|| format!("tether up still runs {timeout:?} after SIGINT:\n{}", self.output()))
     }
+}
+
+/// A proxy that `tether up` started: a task's sidecar or the edge.
+#[derive(Debug, Clone)]
+pub struct RunningProxy {
+    pub pid: u32,
+    /// The task it serves (`web-1a2b3c`), or `edge-PID` for the edge.
+    pub task: String,
+    /// Its admin endpoint: `/config` (with its identity), `/metrics`.
+    pub admin: SocketAddr,
+}
+
+/// A process's arguments, as it was started.
+fn command_line(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 fn all_processes() -> Vec<(u32, String)> {
