@@ -204,14 +204,19 @@ def tool_cmd(tool, url, duration, args):
 
 
 BACKEND_PORTS = {18081, 18082, 18083, 18091, 18092, 18093}
-HOP_PORTS = {15001, 15002, 15003, 15101, 15102, 15103, 15111, 15112, 15113}
+HOP_PORTS = {15001, 15002, 15003, 15101, 15102, 15103, 15111, 15112, 15113, 15121, 15122, 15123,
+             15131, 15132, 15133, 15201, 15202, 15203}
+TWO_HOP_ROWS = "efghij"
 
 
-def connection_snapshot(raw_path):
-    """Mid-run `ss`: how many TCP connections go to the backends and between the hops."""
+def connection_snapshot(raw_path, netns):
+    """Mid-run `ss` (also inside the given network namespaces): how many TCP connections go to
+    the backends and between the hops."""
+    ss = ["ss", "-tnH", "state", "established"]
+    out = ""
     try:
-        out = subprocess.run(["ss", "-tnH", "state", "established"], stdout=subprocess.PIPE,
-                             text=True, timeout=10).stdout
+        for cmd in [ss] + [["ip", "netns", "exec", ns] + ss for ns in netns]:
+            out += subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
     with open(raw_path.replace(".txt", "-connections.txt"), "w") as f:
@@ -256,7 +261,8 @@ def cmd_measure(args):
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     snap = {}
-    timer = threading.Timer(args.duration / 2.0, lambda: snap.update(connection_snapshot(raw_path)))
+    netns = list(filter(None, args.netns.split(",")))
+    timer = threading.Timer(args.duration / 2.0, lambda: snap.update(connection_snapshot(raw_path, netns)))
     timer.start()
     p = run_bounded(cmd, args.duration + 30)
     elapsed = time.monotonic() - t0
@@ -306,6 +312,9 @@ def cmd_measure(args):
         summary += f"  failed {d.get('failed', '?')} errored {d.get('errored', '?')} proto {rec.get('protocol', '?')}"
     if "error" in rec:
         summary += f"  PARSE ERROR: {rec['error']}"
+    us = cpu_us_per_request(rec)
+    if us is not None:
+        summary += f"  proxy CPU {us:.1f} µs/req"
     summary += f"  [other CPU {rec['other_cpu_pct']:.0f}%]"
     print(f"    r{args.round} {args.row:<3} {args.tool:<7} {summary}", flush=True)
 
@@ -344,8 +353,23 @@ ROWS = {
     "e": ("HAProxy, two hops", "client → haproxy → 3× haproxy (HTTP/1.1) → backends", "e"),
     "g": ("HAProxy, two hops, h2 between", "client → haproxy → 3× haproxy (h2c) → backends", "e"),
     "f": ("tether, two hops", "client → tether → 3× tether (h2c) → backends", "e"),
+    "h": ("HAProxy, two hops, TLS 1.3 between",
+          "client → haproxy → 3× haproxy (mutual TLS 1.3, HTTP/1.1) → backends", "h"),
+    "i": ("HAProxy, two hops, TLS 1.3 + h2 between",
+          "client → haproxy → 3× haproxy (mutual TLS 1.3, ALPN h2) → backends", "h"),
+    "j": ("tether, two hops, mutual TLS",
+          "client → tether → 3× tether (mutual TLS 1.3, h2; certificates from `tether server`) → backends", "h"),
 }
-ORDER = ["a", "b", "c", "d", "e", "f", "g"]
+ORDER = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+
+
+def cpu_us_per_request(rec):
+    """The proxies' CPU time (all processes of the row together) per completed request, µs."""
+    procs = rec.get("proxies") or []
+    if not procs or not rec.get("requests") or not rec.get("elapsed_s"):
+        return None
+    cpu_s = sum(p["cpu_pct"] for p in procs) / 100.0 * rec["elapsed_s"]
+    return 1e6 * cpu_s / rec["requests"]
 
 
 def fmt_ms(v):
@@ -402,7 +426,7 @@ def conns_cell(rec):
     c = rec.get("connections") or {}
     if not c:
         return "–"
-    return f"{c['to_backends']} / {c['between_hops']}" if rec["row"] in "efg" else str(c["to_backends"])
+    return f"{c['to_backends']} / {c['between_hops']}" if rec["row"] in TWO_HOP_ROWS else str(c["to_backends"])
 
 
 def cpu_cell(rec):
@@ -412,6 +436,11 @@ def cpu_cell(rec):
     if len(procs) == 1:
         return f"{procs[0]['cpu_pct']:.0f}%"
     return " + ".join(f"{p['cpu_pct']:.0f}" for p in procs) + " %"
+
+
+def us_cell(rec):
+    v = rec["cpu_us_per_req"] if "cpu_us_per_req" in rec else cpu_us_per_request(rec)
+    return "–" if v is None else f"{v:.1f}"
 
 
 def aggregate(rs):
@@ -429,6 +458,8 @@ def aggregate(rs):
     for k in ("p50_ms", "p75_ms", "p90_ms", "p99_ms", "host_cpu_busy_pct"):
         vals = [r[k] for r in ok if r.get(k) is not None]
         agg[k] = statistics.median(vals) if vals else None
+    per_request = [v for v in map(cpu_us_per_request, ok) if v is not None]
+    agg["cpu_us_per_req"] = statistics.median(per_request) if per_request else None
     agg["p99_ms_max"] = max((r.get("p99_ms") or 0) for r in ok)
     agg["other_cpu_max"] = max(r.get("other_cpu_pct", 0) for r in rs)
     agg["non2xx"] = sum(r.get("non2xx", 0) for r in rs)
@@ -486,14 +517,14 @@ def cmd_report(args):
         if not rows:
             continue
         w(f"## {title}\n")
-        w("| row | setup | req/s | p50 | p99 | errors | proxy CPU | proxy peak RSS MiB (VmHWM) | TCP conns to backends / between hops | req/s vs HAProxy |")
-        w("|---|---|--:|--:|--:|---|--:|--:|--:|--:|")
+        w("| row | setup | req/s | p50 | p99 | errors | proxy CPU | proxy CPU µs/req | proxy peak RSS MiB (VmHWM) | TCP conns to backends / between hops | req/s vs HAProxy |")
+        w("|---|---|--:|--:|--:|---|--:|--:|--:|--:|--:|")
         for r in rows:
             name, path, ref = ROWS[r]
             rec = by.get((r, tool))
             if rec is None:
                 if r in pending:
-                    w(f"| {r} | **{name}**: {path} | pending | pending | pending | – | – | – | – | – |")
+                    w(f"| {r} | **{name}**: {path} | pending | pending | pending | – | – | – | – | – | – |")
                 continue
             ratio = "–"
             if ref and (ref, tool) in by and by[(ref, tool)].get("rps"):
@@ -502,7 +533,7 @@ def cmd_report(args):
             if rec.get("n", 1) > 1 and "rps_min" in rec:
                 rps_cell += f" ({rec['rps_min'] / 1000:,.1f}k–{rec['rps_max'] / 1000:,.1f}k)"
             w(f"| {r} | **{name}**: {path} | {rps_cell} | {fmt_ms(rec.get('p50_ms'))} | "
-              f"{fmt_ms(rec.get('p99_ms'))} | {errors_cell(rec)} | {cpu_cell(rec)} | {rss_cell(rec)} | "
+              f"{fmt_ms(rec.get('p99_ms'))} | {errors_cell(rec)} | {cpu_cell(rec)} | {us_cell(rec)} | {rss_cell(rec)} | "
               f"{conns_cell(rec)} | {ratio} |")
         w("")
     if rounds > 1:
@@ -511,8 +542,11 @@ def cmd_report(args):
           "CPU: median over the rounds; RSS: the largest peak; errors: summed over the rounds.\n")
     w("Ratios: one-hop rows (b, c, d) against b (HAProxy one hop); two-hop rows (e, f, g) against e "
       "(HAProxy two hops, HTTP/1.1 between the hops); the two-hop target is judged against the faster of "
-      "e and g. Proxy CPU = CPU time of the proxy process(es) / wall time of the measured "
-      "run (100% = one core). TCP conns: established connections to the backends (and between the two "
+      "e and g. Two-hop rows with TLS between the hops (h, i, j) against h (HAProxy, TLS 1.3, HTTP/1.1 "
+      "between the hops); their target is judged against the faster of h and i. "
+      "Proxy CPU = CPU time of the proxy process(es) / wall time of the measured "
+      "run (100% = one core); µs/req = the CPU time of all of the row's proxies together / requests "
+      "completed. TCP conns: established connections to the backends (and between the two "
       "proxy hops) in an `ss` snapshot half-way through the measured run; for scale, wrk keeps 50 "
       "requests in flight and h2load 100 (10 connections × 10 streams). Multi-process rows list client-side proxy first, then the three "
       "server-side proxies. nginx RSS = master + worker.")
@@ -532,7 +566,7 @@ def cmd_report(args):
     # tether memory
     idle = meta.get("idle_rss")
     rate = by.get(("d", "h1rate"))
-    if idle or rate or pending & {"d", "f"}:
+    if idle or rate or pending & {"d", "f", "j"}:
         w("## tether memory\n")
         if idle:
             for label, v in idle.items():
@@ -545,7 +579,7 @@ def cmd_report(args):
               f"p50 {fmt_ms(rate.get('p50_ms'))}, p99 {fmt_ms(rate.get('p99_ms'))}, errors {errors_cell(rate)}")
         tether_hwm = []
         for (r, t), rec in by.items():
-            if r in ("d", "f") and t in ("wrk", "h2load"):
+            if r in ("d", "f", "j") and t in ("wrk", "h2load"):
                 for p in rec.get("proxies", []):
                     tether_hwm.append((p["hwm_kib"], f"{r}/{t} {p['label']}"))
         if tether_hwm:
@@ -593,6 +627,21 @@ def cmd_report(args):
               f"{'n/a' if not refs else '**no**'} |")
         elif "f" in pending:
             w(f"| two hops ≥ 1.0× HAProxy two hops req/s ({tool}) | pending | pending |")
+        j = by.get(("j", tool))
+        refs = [(by[(r, tool)], r) for r in ("h", "i") if (r, tool) in by]
+        if refs and j:
+            best, best_row = max(refs, key=lambda x: x[0].get("rps", 0))
+            vs = ", ".join(f"{j.get('rps', 0) / max(ref.get('rps', 0), 1e-9):.2f}× {r}" for ref, r in refs)
+            w(f"| two hops with mutual TLS ≥ 1.0× HAProxy two hops with TLS 1.3 req/s ({tool}) | {vs} "
+              f"(p99 {fmt_ms(j.get('p99_ms'))} vs {fmt_ms(best.get('p99_ms'))} in {best_row}; "
+              f"CPU {us_cell(j)} vs {us_cell(best)} µs/req) | "
+              f"{verdict(j.get('rps', 0) >= best.get('rps', 0), j, best)} |")
+        elif j:
+            w(f"| two hops with mutual TLS ≥ 1.0× HAProxy two hops with TLS 1.3 req/s ({tool}) | "
+              f"{'no HAProxy TLS row (run row h or i)' if not refs else errors_cell(j)} | "
+              f"{'n/a' if not refs else '**no**'} |")
+        elif "j" in pending:
+            w(f"| two hops with mutual TLS ≥ 1.0× HAProxy two hops with TLS 1.3 req/s ({tool}) | pending | pending |")
     if idle:
         worst = max(v["rss_kib"] for v in idle.values())
         w(f"| idle sidecar RSS ≤ 8 MiB | {fmt_mib2(worst)} MiB | {verdict(worst <= 8 * 1024)} |")
@@ -626,6 +675,7 @@ def main():
     m.add_argument("--warmup", type=int, default=2)
     m.add_argument("--groups", default="")
     m.add_argument("--known-groups", default="", help="other bench processes (backends), label=pgid,...")
+    m.add_argument("--netns", default="", help="network namespaces to count backend connections in too, ns,...")
     m.add_argument("--round", type=int, default=1)
     m.add_argument("--rawdir", required=True)
     m.add_argument("--out", required=True)
