@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use tether_control::identity::IdentityOptions;
 use tether_control::stream::ConfigStreamService;
 use tether_control::{Server, ServerConfig, ensure_data_dir};
-use tether_model::App;
+use tether_model::{App, AppProtocol};
 use tether_runner::status::{ServiceStatus, TaskState};
 use tether_runner::{ControlClient, LogLine, Runner, RunnerConfig, Status};
 use tether_store::Embedded;
@@ -268,19 +268,32 @@ async fn summary(app: &App, status: &Status, server: &str, data: &Path, started:
         for publish in &service.publish {
             let addr = SocketAddr::from(([127, 0, 0, 1], publish.host_port));
             let listening = wait_for(addr, Duration::from_secs(5)).await;
-            line.push_str(&format!("   http://{addr}/"));
+            line.push_str(&match publish.app_protocol {
+                AppProtocol::Http | AppProtocol::Http2 => format!("   http://{addr}/"),
+                AppProtocol::Grpc => format!("   {addr} (gRPC)"),
+                AppProtocol::Tcp => format!("   {addr} (tcp)"),
+            });
             if !listening {
                 line.push_str(&format!(" (not answering yet: see {})", data.join("logs/edge.log").display()));
             }
         }
-        if let Some(discovery) = service.discovery.first() {
-            let aliases: Vec<String> =
-                discovery.client_aliases.iter().map(|a| format!("{}:{}", a.dns_name, a.port)).collect();
+        let aliases: Vec<String> = service
+            .discovery
+            .iter()
+            .flat_map(|d| &d.client_aliases)
+            .map(|a| format!("{}:{}", a.dns_name, a.port))
+            .collect();
+        if !aliases.is_empty() {
             line.push_str(&format!("   called as {}", aliases.join(", ")));
         }
         println!("{line}");
     }
     println!("  control plane: {server} (token in {})", data.join("admin.token").display());
+    println!(
+        "  identity: each sidecar holds spiffe://{}/SERVICE; sidecars talk mutual TLS (tether ca status --server {server} --data {})",
+        app.namespace,
+        data.display()
+    );
     println!("  logs: tether logs SERVICE -f; status: tether ps; stop: Ctrl-C or tether down\n");
 }
 
