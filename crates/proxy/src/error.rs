@@ -212,7 +212,7 @@ mod tests {
         );
         assert_eq!(
             denied(None, None).to_string(),
-            "forbidden: a caller without mutual TLS may not call `api`; any caller with a certificate of the mesh is allowed"
+            "forbidden: a caller without mutual TLS may not call `api`; any service of the namespace is allowed"
         );
         assert!(
             denied(Some(id("admin")), Some(vec![]))
