@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::api_client::{ApiClient, Target};
+use crate::inspect::text;
 
 /// The mesh's certificate authority: its roots and its sidecars, and root rotation.
 #[derive(clap::Args)]
@@ -234,10 +235,6 @@ fn shorten(names: &[String]) -> String {
         shown += &format!(" and {} more", names.len() - SHOWN);
     }
     shown
-}
-
-fn text(value: &Value) -> String {
-    value.as_str().map_or_else(|| value.to_string(), str::to_owned)
 }
 
 fn parse_wait(text: &str) -> Result<Duration, String> {

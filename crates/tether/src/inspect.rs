@@ -184,7 +184,7 @@ pub fn run(work: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     }
 }
 
-fn text(v: &Value) -> String {
+pub fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

@@ -51,6 +51,11 @@ impl TrustBundle {
         self.roots.iter().map(|root| root.pem.as_str())
     }
 
+    /// The same certificates as DER, in the same order.
+    pub fn ders(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        self.roots.iter().map(|root| root.der.as_slice())
+    }
+
     pub fn len(&self) -> usize {
         self.roots.len()
     }

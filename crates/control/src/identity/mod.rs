@@ -115,7 +115,7 @@ impl<S: Store> Issuer<S> {
         info!(root = %stored.state.active().subject(), phase = ?stored.state.phase(), "certificate authority ready");
         let (state, _) = watch::channel(Arc::new(stored.state));
         let issuer = Arc::new(Self { cas, state, lifetime: options.lifetime, proxies: Arc::default() });
-        tokio::spawn(follow(Arc::downgrade(&issuer), stored.revision));
+        tokio::spawn(follow(Arc::downgrade(&issuer), issuer.subscribe(), stored.revision));
         Ok(issuer)
     }
 
@@ -204,7 +204,11 @@ impl<S: Store> Issuer<S> {
 }
 
 /// Keeps the issuer's state equal to the store's until the issuer is gone.
-async fn follow<S: Store>(issuer: std::sync::Weak<Issuer<S>>, mut revision: tether_store::Revision) {
+async fn follow<S: Store>(
+    issuer: std::sync::Weak<Issuer<S>>,
+    mut alive: watch::Receiver<Arc<CaState>>,
+    mut revision: tether_store::Revision,
+) {
     loop {
         let Some(cas) = issuer.upgrade().map(|i| i.cas.clone()) else { return };
         let watched = cas.store().watch(CA_KEY, revision).await;
@@ -212,7 +216,7 @@ async fn follow<S: Store>(issuer: std::sync::Weak<Issuer<S>>, mut revision: teth
             Ok(mut watch) => loop {
                 let event = tokio::select! {
                     event = watch.next() => event,
-                    () = gone(&issuer) => return,
+                    () = gone(&mut alive) => return,
                 };
                 match event {
                     Some(Ok(_)) => {}
@@ -244,28 +248,23 @@ async fn follow<S: Store>(issuer: std::sync::Weak<Issuer<S>>, mut revision: teth
     }
 }
 
-/// Resolves once the issuer has been dropped (checked every few seconds).
-async fn gone<S>(issuer: &std::sync::Weak<Issuer<S>>) {
-    while issuer.strong_count() > 0 {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
+/// Resolves once the issuer, which holds the state's sender, has been dropped.
+async fn gone(state: &mut watch::Receiver<Arc<CaState>>) {
+    while state.changed().await.is_ok() {}
 }
 
 fn roots(state: &CaState) -> Vec<RootInfo> {
     let active = fingerprint(state.active().cert_der());
-    let mut cas: Vec<&Ca> = vec![state.active()];
-    cas.extend(state.staged());
     state
         .bundle()
-        .roots()
-        .map(|pem| {
-            let der = ::pem::parse(pem).map(|p| p.contents().to_vec()).unwrap_or_default();
-            let fp = fingerprint(&der);
-            let (subject, not_after) = match x509_parser::parse_x509_certificate(&der) {
+        .ders()
+        .map(|der| {
+            let fingerprint = fingerprint(der);
+            let (subject, not_after) = match x509_parser::parse_x509_certificate(der) {
                 Ok((_, cert)) => (cert.subject().to_string(), cert.validity().not_after.to_string()),
                 Err(_) => (String::new(), String::new()),
             };
-            RootInfo { subject, signing: fp == active, fingerprint: fp, not_after }
+            RootInfo { subject, signing: fingerprint == active, fingerprint, not_after }
         })
         .collect()
 }

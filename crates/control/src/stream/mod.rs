@@ -158,13 +158,7 @@ impl<S: Store> Issuing<S> {
         if sent.as_ref() == Some(&bundle) {
             return None;
         }
-        let fingerprints = bundle
-            .roots_pem
-            .iter()
-            .map(|pem| {
-                fingerprint(::pem::parse(pem).map(|p| p.contents().to_vec()).unwrap_or_default().as_slice())
-            })
-            .collect();
+        let fingerprints = state.bundle().ders().map(fingerprint).collect();
         self.handle.sent_bundle(version, fingerprints);
         *sent = Some(bundle.clone());
         Some(bundle)

@@ -136,12 +136,7 @@ impl Caller {
             (Some(id), Some(_)) => tls.allows(id),
             // Without allowFrom, any service of this sidecar's own namespace: one CA serves
             // every namespace of the control plane.
-            (Some(id), None) => self
-                .access
-                .mtls
-                .credentials
-                .identity()
-                .is_some_and(|own| own.spiffe_id().namespace() == id.namespace()),
+            (Some(id), None) => self.access.mtls.credentials.is_of_namespace(id.namespace()),
             // A plaintext connection opened before the listener turned mutual TLS on has no
             // identity to allow.
             (None, _) => false,

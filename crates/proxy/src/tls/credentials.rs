@@ -225,6 +225,11 @@ impl Credentials {
         credentials
     }
 
+    /// Whether the current identity is of `namespace` (read in place: this runs per request).
+    pub fn is_of_namespace(&self, namespace: &str) -> bool {
+        self.identity.load().as_ref().is_some_and(|own| own.spiffe_id.namespace() == namespace)
+    }
+
     pub fn identity(&self) -> Option<Arc<Identity>> {
         self.identity.load_full()
     }
