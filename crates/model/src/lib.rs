@@ -6,9 +6,12 @@
 //! beyond what its callers hand it.
 
 mod duration;
+pub mod fleet;
 pub mod identity;
+pub mod placement;
 pub mod proxy;
 pub mod registry;
+pub mod rollout;
 mod source;
 pub mod spec;
 

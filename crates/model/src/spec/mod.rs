@@ -18,6 +18,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::placement::Placement;
 use crate::{AppProtocol, ConfigErrors, RetryPolicy, Source, Timeouts};
 
 pub use file::{App, AppSpec, ExternalServiceSpec};
@@ -44,9 +45,26 @@ pub struct ServiceSpec {
     /// `awsvpc` (the default: each task in its own network sandbox) or `host` (none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<NetworkModeSpec>,
+    /// CPU units one task reserves on its host, 1024 to a vCPU, 128 to 196608 (ECS's bounds).
+    /// Default: none reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// MiB of memory one task reserves on its host, also its hard limit, 6 to 4194304 (ECS's
+    /// bounds). Default: none reserved, and no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u32>,
     /// How many tasks to keep running. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_count: Option<u32>,
+    /// How a host is chosen among those that may take a task: at most 5 of ECS's strategies,
+    /// applied in order, e.g. `[{ type: spread, field: attribute:zone }, { type: binpack,
+    /// field: memory }]`. Default: spread by host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_strategy: Vec<PlacementStrategySpec>,
+    /// Which hosts may take a task: at most 10 of ECS's `{ type: distinctInstance }` and
+    /// `{ type: memberOf, expression: "attribute:zone in [a, b]" }`. Default: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_constraints: Vec<PlacementConstraintSpec>,
     /// The ports the app listens on, each with a name the rest of the spec refers to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<PortMapping>,
@@ -88,6 +106,35 @@ pub struct PortMapping {
     /// What the port speaks; absent means raw tcp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_protocol: Option<AppProtocol>,
+}
+
+/// `placementStrategy[]`: ECS's shape, e.g. `{ type: binpack, field: memory }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlacementStrategySpec {
+    /// `spread` (the same number of tasks on every host, or for every value of an attribute),
+    /// `binpack` (fill the host with the least free first) or `random`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// spread: `host` (or ECS's `instanceId`) or `attribute:NAME`; binpack: `memory` or `cpu`;
+    /// random: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `placementConstraints[]`: ECS's shape, e.g. `{ type: memberOf, expression: "attribute:gpu exists" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlacementConstraintSpec {
+    /// `distinctInstance` (each task on a host without another task of the service) or
+    /// `memberOf` (only hosts the expression selects).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// memberOf's condition on host attributes: `attribute:NAME` with `==`, `!=`, `in [a, b]`,
+    /// `not_in [a, b]`, `exists` or `!exists`, combined with `and`, `or` and parentheses.
+    /// distinctInstance takes none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
 }
 
 /// ECS's container health check: `["CMD", prog, args…]` or `["CMD-SHELL", "a shell line"]`.
@@ -308,6 +355,8 @@ pub struct Service {
     /// namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_from: Option<Vec<String>>,
+    /// Where the scheduler places the tasks (`placementStrategy`, `placementConstraints`).
+    pub placement: Placement,
 }
 
 /// A port mapping with its protocol filled in.
@@ -427,5 +476,7 @@ impl fmt::Display for FieldErrors {
 
 impl std::error::Error for FieldErrors {}
 
+#[cfg(test)]
+mod placement_tests;
 #[cfg(test)]
 mod tests;

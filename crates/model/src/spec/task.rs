@@ -1,6 +1,7 @@
 //! What one task of a service runs (design §7): the command, its environment and sandbox, its
-//! health check and how new versions roll out. The shapes as written are ECS's; the effective
-//! [`TaskDefinition`] is what the runner works from.
+//! health check and how new versions roll out; what it reserves on its host and where it may be
+//! placed (design §9). The shapes as written are ECS's; the effective [`TaskDefinition`] is what
+//! the runner works from, the effective [`Placement`] what the scheduler does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -9,12 +10,22 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::validate::Checker;
-use super::{DeploymentConfiguration, HealthCheck, ServiceSpec};
+use super::{
+    DeploymentConfiguration, HealthCheck, PlacementConstraintSpec, PlacementStrategySpec, ServiceSpec,
+};
+use crate::placement::{Constraint, Expression, Placement, Resources, Strategy};
 
 /// ECS's health check defaults.
 const HEALTH_INTERVAL: u32 = 30;
 const HEALTH_TIMEOUT: u32 = 5;
 const HEALTH_RETRIES: u32 = 3;
+
+/// ECS's bounds on a task's `cpu` (units, 1024 to a vCPU) and `memory` (MiB).
+const CPU_RANGE: (u32, u32) = (128, 196_608);
+const MEMORY_RANGE: (u32, u32) = (6, 4_194_304);
+/// ECS's limits on the number of placement strategies and constraints.
+const MAX_STRATEGIES: usize = 5;
+const MAX_CONSTRAINTS: usize = 10;
 
 /// `environment[]`: one variable, ECS's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +81,9 @@ pub struct TaskDefinition {
     #[serde(serialize_with = "as_seconds")]
     pub grace_period: Duration,
     pub deployment: DeploymentPolicy,
+    /// What the task reserves on its host (`cpu`, `memory`); its memory is also the hard limit
+    /// the runner holds it to. Zero: nothing reserved, no limit.
+    pub resources: Resources,
 }
 
 /// Where a task's processes live on the network.
@@ -166,6 +180,7 @@ impl Checker<'_> {
             Some(d) => self.deployment(d),
             None => DeploymentPolicy::default(),
         };
+        let resources = self.resources(spec);
         (!spec.command.is_empty() && spec.endpoints.is_empty()).then(|| TaskDefinition {
             command: spec.command.clone(),
             environment,
@@ -174,6 +189,7 @@ impl Checker<'_> {
             health_check,
             grace_period: Duration::from_secs(spec.health_check_grace_period_seconds.unwrap_or(0).into()),
             deployment,
+            resources,
         })
     }
 
@@ -192,6 +208,10 @@ impl Checker<'_> {
             ("workingDirectory", spec.working_directory.is_some()),
             ("networkMode", spec.network_mode.is_some()),
             ("allowFrom", spec.allow_from.is_some()),
+            ("cpu", spec.cpu.is_some()),
+            ("memory", spec.memory.is_some()),
+            ("placementStrategy", !spec.placement_strategy.is_empty()),
+            ("placementConstraints", !spec.placement_constraints.is_empty()),
         ];
         for (field, _) in runs_tasks.into_iter().filter(|(_, written)| *written) {
             self.fail(
@@ -396,6 +416,115 @@ impl Checker<'_> {
             }
         };
         DeploymentPolicy { minimum_healthy_percent: min, maximum_percent: max, circuit_breaker, rollback }
+    }
+
+    /// `cpu` and `memory`, each when given.
+    fn resources(&mut self, spec: &ServiceSpec) -> Resources {
+        let (min, max) = CPU_RANGE;
+        let cpu = spec.cpu.map_or(0, |cpu| {
+            let what = "CPU units one task reserves, 1024 to a vCPU: e.g. 256 for a quarter";
+            self.bounded("cpu", Some(cpu), 0, min, max, what)
+        });
+        let (min, max) = MEMORY_RANGE;
+        let memory = spec.memory.map_or(0, |mib| {
+            let what = "MiB one task reserves and may not exceed, e.g. 512";
+            self.bounded("memory", Some(mib), 0, min, max, what)
+        });
+        Resources { cpu, memory_mib: memory.into() }
+    }
+
+    /// `placementStrategy` and `placementConstraints`, in the order written.
+    pub(super) fn placement(&mut self, spec: &ServiceSpec) -> Placement {
+        for (field, count, max) in [
+            ("placementStrategy", spec.placement_strategy.len(), MAX_STRATEGIES),
+            ("placementConstraints", spec.placement_constraints.len(), MAX_CONSTRAINTS),
+        ] {
+            if count > max {
+                self.fail(field, format!("has {count} entries; ECS allows at most {max}"));
+            }
+        }
+        let mut placement = Placement::default();
+        if !spec.placement_strategy.is_empty() {
+            placement.strategies = (spec.placement_strategy.iter().enumerate())
+                .filter_map(|(i, s)| self.strategy(&format!("placementStrategy[{i}]"), s))
+                .collect();
+        }
+        placement.constraints = (spec.placement_constraints.iter().enumerate())
+            .filter_map(|(i, c)| self.constraint(&format!("placementConstraints[{i}]"), c))
+            .collect();
+        placement
+    }
+
+    fn strategy(&mut self, at: &str, spec: &PlacementStrategySpec) -> Option<Strategy> {
+        let kind = spec.kind.as_str();
+        let field = spec.field.as_deref();
+        let parsed = match (kind, field) {
+            ("spread", Some(field)) => field.parse().map(Strategy::Spread),
+            ("binpack", Some(field)) => field.parse().map(Strategy::Binpack),
+            ("random", None) => Ok(Strategy::Random),
+            ("spread", None) => Err(
+                "`spread` needs a field: `host` for the same number of tasks on every host, or `attribute:NAME`, e.g. `attribute:zone`, for the same number in every zone".to_owned(),
+            ),
+            ("binpack", None) => Err(
+                "`binpack` needs a field: `memory` or `cpu`, the resource whose least free host is filled first".to_owned(),
+            ),
+            ("random", Some(field)) => Err(format!(
+                "`random` takes no field: it picks any host that may take the task; remove `field: {field}`"
+            )),
+            (other, _) => {
+                self.fail(
+                    format!("{at}.type"),
+                    format!(
+                        "`{other}` is not a placement strategy; expected `spread` (the same number of tasks on every host, or in every zone), `binpack` (fill the host with the least memory or CPU free first) or `random`"
+                    ),
+                );
+                return None;
+            }
+        };
+        match parsed {
+            Ok(strategy) => Some(strategy),
+            Err(message) => {
+                self.fail(format!("{at}.field"), message);
+                None
+            }
+        }
+    }
+
+    fn constraint(&mut self, at: &str, spec: &PlacementConstraintSpec) -> Option<Constraint> {
+        let field = format!("{at}.expression");
+        match (spec.kind.as_str(), spec.expression.as_deref()) {
+            ("distinctInstance", None) => Some(Constraint::DistinctInstance),
+            ("distinctInstance", Some(_)) => {
+                self.fail(
+                    field,
+                    "`distinctInstance` takes no expression: it keeps each task off hosts that already run one of the service's; remove `expression`, or write `type: memberOf` to select hosts by attribute",
+                );
+                None
+            }
+            ("memberOf", None) => {
+                self.fail(
+                    field,
+                    "`memberOf` needs an expression selecting hosts by attribute, e.g. `attribute:zone in [a, b]` or `attribute:gpu exists`",
+                );
+                None
+            }
+            ("memberOf", Some(text)) => match text.parse::<Expression>() {
+                Ok(expression) => Some(Constraint::MemberOf(expression)),
+                Err(e) => {
+                    self.fail(field, e.message);
+                    None
+                }
+            },
+            (other, _) => {
+                self.fail(
+                    format!("{at}.type"),
+                    format!(
+                        "`{other}` is not a placement constraint; expected `distinctInstance` (each task on a different host) or `memberOf` (only hosts an expression selects, e.g. `attribute:zone in [a, b]`)"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     /// `value` (or `default`) when within `min..=max`; otherwise an error saying what it means.

@@ -5,9 +5,9 @@ use serde_json::{Value, json};
 use super::*;
 use crate::Seconds;
 
-const NS: &str = "shop.local";
+pub(super) const NS: &str = "shop.local";
 
-fn payment() -> Value {
+pub(super) fn payment() -> Value {
     json!({
         "command": ["python3", "payment.py"],
         "desiredCount": 2,
@@ -26,16 +26,16 @@ fn payment() -> Value {
     })
 }
 
-fn spec(value: Value) -> ServiceSpec {
+pub(super) fn spec(value: Value) -> ServiceSpec {
     serde_json::from_value(value).expect("the spec deserializes")
 }
 
-fn valid(value: Value) -> Service {
+pub(super) fn valid(value: Value) -> Service {
     spec(value).validate("payment", NS).unwrap_or_else(|e| panic!("unexpected errors:\n{e}"))
 }
 
 /// Applies `change` to the good spec and returns every error as `field: message`.
-fn errors(change: impl FnOnce(&mut Value)) -> Vec<FieldError> {
+pub(super) fn errors(change: impl FnOnce(&mut Value)) -> Vec<FieldError> {
     let mut value = payment();
     change(&mut value);
     match spec(value).validate("payment", NS) {
@@ -46,7 +46,7 @@ fn errors(change: impl FnOnce(&mut Value)) -> Vec<FieldError> {
 
 /// The change gives exactly one error, at `field`, whose message holds every fragment.
 #[track_caller]
-fn rejects(change: impl FnOnce(&mut Value), field: &str, fragments: &[&str]) {
+pub(super) fn rejects(change: impl FnOnce(&mut Value), field: &str, fragments: &[&str]) {
     let errors = errors(change);
     assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
     assert_eq!(errors[0].field, field, "{errors:#?}");

@@ -159,6 +159,7 @@ impl Checker<'_> {
             })
             .collect();
         let allow_from = self.allow_from(spec, &ports);
+        let placement = self.placement(spec);
         Service {
             name: name.to_owned(),
             namespace: self.namespace.to_owned(),
@@ -171,6 +172,7 @@ impl Checker<'_> {
             publish,
             external_endpoints,
             allow_from,
+            placement,
         }
     }
 

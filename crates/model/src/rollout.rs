@@ -1,10 +1,33 @@
-//! What a service's supervisor does next, worked out from its tasks alone: how many tasks to
-//! start and which to stop, within the deployment's bounds. No IO, so every case is a unit test.
+//! A rolling deployment's next step, worked out from a service's tasks alone: how many tasks
+//! to start and which to stop, within the deployment's bounds; and what makes two task
+//! versions the same. No IO, so every case is a unit test. The control plane's scheduler and
+//! the single-host runner both drive their rollouts with it.
 
 use std::cmp::Reverse;
 use std::time::SystemTime;
 
-use tether_model::spec::DeploymentPolicy;
+use crate::spec::{DeploymentPolicy, Service};
+
+/// What a task of `service` runs, as text: two versions whose tasks would be the same have the
+/// same fingerprint, so changing only `desiredCount` or a client alias rolls nothing. `None`
+/// for a service without tasks.
+pub fn fingerprint(service: &Service) -> Option<String> {
+    let task = service.task.as_ref()?;
+    let ports: Vec<(&str, Option<&str>)> = service
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), service.discovery_for_port(&p.name).map(|d| d.discovery_name.as_str())))
+        .collect();
+    Some(
+        serde_json::json!({
+            "task": task,
+            "ports": service.ports,
+            "published": ports,
+            "publish": service.publish,
+        })
+        .to_string(),
+    )
+}
 
 /// A running task (not one already stopping) as the plan sees it.
 #[derive(Debug, Clone)]
