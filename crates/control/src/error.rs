@@ -27,6 +27,11 @@ pub enum Error {
     InstanceNotFound { namespace: String, service: String, id: String },
     #[error("lease {0} not found or expired")]
     LeaseNotFound(i64),
+    #[error("task `{id}` not found in namespace `{namespace}`")]
+    TaskNotFound { namespace: String, id: String },
+    /// The caller is known but may not do this (403): an agent acting beyond its own host.
+    #[error("{0}")]
+    Forbidden(String),
     /// No handler for the path (404).
     #[error("no such route: {method} {path}; see GET /openapi.json")]
     NoRoute { method: String, path: String },

@@ -11,14 +11,17 @@
 
 pub mod ca;
 mod error;
+pub mod fleet;
 pub mod identity;
+mod metrics;
 pub mod registry;
 pub mod rest;
+pub mod scheduler;
 mod server;
 pub mod stream;
 mod token;
 
 pub use error::{Error, Result};
 pub use registry::{Outcome, Registry, ServiceRecord, Snapshot, watch_prefix};
-pub use server::{DEFAULT_LISTEN, Server, ServerConfig, default_data_dir, ensure_data_dir};
+pub use server::{DEFAULT_LISTEN, SchedulerOptions, Server, ServerConfig, default_data_dir, ensure_data_dir};
 pub use token::{AdminToken, TOKEN_FILE};

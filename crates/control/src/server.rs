@@ -1,5 +1,5 @@
-//! The control-plane server: one listener serving the REST API (and whatever else is merged
-//! onto its router, such as the proxy stream), over a registry on a store.
+//! The control plane as one noun: one listener serving the REST API and the proxy stream, over
+//! a registry on a store, with the certificate authority and (when asked) the scheduler.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::identity::{IdentityOptions, Issuer};
 use crate::registry::Registry;
+use crate::scheduler::Scheduler;
+use crate::stream::ConfigStreamService;
 use crate::token::AdminToken;
 use crate::{Error, Result, rest};
 
@@ -44,6 +46,15 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// The certificate authority's settings.
     pub identity: IdentityOptions,
+    /// Run the fleet's scheduler (see [`crate::scheduler`]); only one per store.
+    pub scheduler: Option<SchedulerOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// After start, how long agents have to come back before their hosts count as lost: at
+    /// least their lease's TTL.
+    pub lost_grace: std::time::Duration,
 }
 
 pub struct Server<S> {
@@ -54,6 +65,7 @@ pub struct Server<S> {
     token: AdminToken,
     token_path: PathBuf,
     issuer: Arc<Issuer<S>>,
+    scheduler: Option<Scheduler<S>>,
 }
 
 /// Creates the data directory if it is missing, readable by its owner only (mode 0700): it holds
@@ -81,8 +93,11 @@ impl<S: Store> Server<S> {
         let local_addr =
             listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
         let registry = Registry::new(store);
-        let router = rest::router_with(registry.clone(), token.clone(), Some(issuer.clone()));
-        Ok(Self { listener, local_addr, registry, router, token, token_path, issuer })
+        let stream = ConfigStreamService::new(registry.clone(), token.clone(), issuer.clone());
+        let router =
+            rest::router_with(registry.clone(), token.clone(), Some(issuer.clone())).merge(stream.router());
+        let scheduler = config.scheduler.as_ref().map(|o| Scheduler::new(registry.clone(), o.lost_grace));
+        Ok(Self { listener, local_addr, registry, router, token, token_path, issuer, scheduler })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -109,16 +124,20 @@ impl<S: Store> Server<S> {
         &self.token_path
     }
 
-    /// Serves `other`'s routes on the same listener, beside the API's. They are not behind the
-    /// admin token: `other` authenticates its own callers.
-    pub fn merge(mut self, other: Router) -> Self {
-        self.router = self.router.merge(other);
-        self
-    }
-
     /// Serves HTTP/1.1 and HTTP/2 (h2c, so gRPC too) until `shutdown` resolves, then stops
     /// accepting and lets requests in flight finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some(scheduler) = self.scheduler {
+            let mut stopped = stopped.clone();
+            tokio::spawn(scheduler.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+        }
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        };
         axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await.map_err(Error::Serve)
     }
 }

@@ -115,6 +115,45 @@ fn write(path: &Path, token: &AdminToken) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
+/// Tokens derived from the admin token: `TEXT:TAG`, the tag an HMAC-SHA256 of `TEXT` keyed by
+/// the admin token and a context, so that every replica (they share the admin token) verifies
+/// them without storing anything, and a tag made for one kind of token means nothing to another.
+#[derive(Clone)]
+pub struct Signer {
+    key: ring::hmac::Key,
+}
+
+impl Signer {
+    pub fn new(admin: &AdminToken, context: &[u8]) -> Self {
+        let mut secret = context.to_vec();
+        secret.extend_from_slice(admin.as_str().as_bytes());
+        Self { key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret) }
+    }
+
+    /// `text` with its tag.
+    pub fn sign(&self, text: &str) -> String {
+        let tag = ring::hmac::sign(&self.key, text.as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{text}:{hex}")
+    }
+
+    /// The signed text of `token`, if its tag is right (checked in constant time).
+    pub fn verify<'a>(&self, token: &'a str) -> Option<&'a str> {
+        let (text, hex) = token.rsplit_once(':')?;
+        if hex.len() != 64 {
+            return None;
+        }
+        let tag = decode_hex(hex)?;
+        ring::hmac::verify(&self.key, text.as_bytes(), &tag).ok()?;
+        Some(text)
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    hex.as_bytes().chunks(2).map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
+}
+
 /// Never prints the token itself.
 impl fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -8,7 +8,6 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use tether_api::v1::config_stream_client::ConfigStreamClient;
 use tether_api::v1::{CertificateRequest, ConfigUpdate, Hello, ProxyMessage, proxy_message};
 use tether_control::identity::{BootstrapTokens, IdentityOptions, Scope};
-use tether_control::stream::ConfigStreamService;
 use tether_control::{Server, ServerConfig};
 use tether_store::Embedded;
 use tokio::sync::mpsc;
@@ -27,15 +26,10 @@ async fn server() -> Running {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data.path().to_owned(),
         identity: IdentityOptions::default(),
+        scheduler: None,
     };
     let server = Server::bind(&config, Embedded::open(db.path()).unwrap()).await.unwrap();
-    let stream = ConfigStreamService::new(
-        server.registry().clone(),
-        server.admin_token().clone(),
-        server.issuer().clone(),
-    );
     let token = server.admin_token().as_str().to_owned();
-    let server = server.merge(stream.router());
     let url = format!("http://{}", server.local_addr());
     tokio::spawn(server.run(std::future::pending()));
     Running { url, token, _dirs: (data, db) }

@@ -30,10 +30,12 @@ impl Error {
         match self {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NamespaceNotFound(_)
             | Error::ServiceNotFound { .. }
             | Error::InstanceNotFound { .. }
             | Error::LeaseNotFound(_)
+            | Error::TaskNotFound { .. }
             | Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Taken(_) | Error::NamespaceNotEmpty { .. } | Error::Contended(_) | Error::NotYet(_) => {

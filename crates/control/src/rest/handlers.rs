@@ -1,11 +1,11 @@
 //! One handler per route: extract, call the registry, answer. Each answers JSON; errors go through
 //! `rest/error.rs`.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tether_model::Health;
@@ -15,6 +15,7 @@ use tether_store::Store;
 
 use super::Api;
 use super::extract::{JsonBody, PathParams, QueryPairs, decode};
+use crate::fleet::Caller;
 use crate::registry::{Outcome, ServiceRecord};
 use crate::{Error, Result};
 
@@ -23,6 +24,11 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
+}
+
+pub async fn metrics<S: Store>(State(api): State<Api<S>>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], api.metrics.encode()).into_response()
 }
 
 pub async fn openapi() -> Response {
@@ -169,9 +175,23 @@ pub async fn delete_service<S: Store>(
 
 pub async fn put_instance<S: Store>(
     State(api): State<Api<S>>,
+    Extension(caller): Extension<Caller>,
     PathParams((ns, name, id)): PathParams<(String, String, String)>,
     JsonBody(registration): JsonBody<Registration>,
 ) -> Result<(StatusCode, Json<Instance>)> {
+    if let Caller::Agent(agent) = &caller {
+        let task = registration.task.as_deref().unwrap_or(&id);
+        api.authorize(&caller, &ns, &name, task, "instance").await?;
+        let advertised = api.fleet.agent(agent).await?.map(|a| a.registration.address);
+        if advertised != Some(registration.address) {
+            api.metrics.denied("agent", "instance");
+            return Err(Error::Forbidden(format!(
+                "agent {agent} registers instances on its own address ({}) only, not {}",
+                advertised.map_or("none: it has not joined".to_owned(), |a| a.to_string()),
+                registration.address
+            )));
+        }
+    }
     let (instance, outcome) = api.registry.put_instance(&ns, &name, &id, registration).await?;
     Ok((status(outcome), Json(instance)))
 }
@@ -206,8 +226,13 @@ pub async fn list_instances<S: Store>(
 
 pub async fn delete_instance<S: Store>(
     State(api): State<Api<S>>,
+    Extension(caller): Extension<Caller>,
     PathParams((ns, name, id)): PathParams<(String, String, String)>,
 ) -> Result<StatusCode> {
+    if matches!(caller, Caller::Agent(_)) {
+        let instance = api.registry.get_instance(&ns, &name, &id).await?;
+        api.authorize(&caller, &ns, &name, &instance.task, "instance").await?;
+    }
     api.registry.delete_instance(&ns, &name, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -239,17 +264,22 @@ fn lease_id(text: &str) -> Result<i64> {
 
 pub async fn renew_lease<S: Store>(
     State(api): State<Api<S>>,
+    Extension(caller): Extension<Caller>,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<serde_json::Value>> {
     let id = lease_id(&id)?;
+    api.own_lease(&caller, id).await?;
     api.registry.renew_lease(id).await?;
     Ok(Json(json!({ "id": id })))
 }
 
 pub async fn revoke_lease<S: Store>(
     State(api): State<Api<S>>,
+    Extension(caller): Extension<Caller>,
     PathParams(id): PathParams<String>,
 ) -> Result<StatusCode> {
-    api.registry.revoke_lease(lease_id(&id)?).await?;
+    let id = lease_id(&id)?;
+    api.own_lease(&caller, id).await?;
+    api.registry.revoke_lease(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,10 +1,10 @@
 //! The routes of the certificate authority: its status, root rotation step by step, and
 //! bootstrap tokens for the sidecars a runner starts.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use tether_model::identity::EDGE;
 use tether_model::registry::{check_instance_id, check_namespace_name, check_service_name};
@@ -13,6 +13,7 @@ use tether_store::Store;
 use super::Api;
 use super::extract::{PathParams, decode};
 use crate::ca::{Ca, RotationStep};
+use crate::fleet::Caller;
 use crate::identity::{CaStatus, Issuer, Scope};
 use crate::{Error, Result};
 
@@ -87,6 +88,7 @@ pub struct TokenView {
 
 pub async fn bootstrap_token<S: Store>(
     State(api): State<Api<S>>,
+    Extension(caller): Extension<Caller>,
     PathParams(ns): PathParams<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<TokenView>)> {
@@ -109,6 +111,19 @@ pub async fn bootstrap_token<S: Store>(
             ));
         }
     };
+    if let Caller::Agent(agent) = &caller {
+        if service == EDGE {
+            // An agent's edge proxy is named after its host.
+            if body.task != format!("edge-{agent}") {
+                api.metrics.denied("agent", "bootstrap_token");
+                return Err(Error::Forbidden(format!(
+                    "agent {agent} may get an edge token for task `edge-{agent}` only"
+                )));
+            }
+        } else {
+            api.authorize(&caller, &ns, &service, &body.task, "bootstrap_token").await?;
+        }
+    }
     let scope = Scope { namespace: ns, service, task: body.task };
     let spiffe_id = scope.spiffe_id().map_err(|e| Error::invalid("service", e.to_string()))?.to_string();
     Ok((StatusCode::CREATED, Json(TokenView { token: api.tokens.mint(&scope), spiffe_id })))
