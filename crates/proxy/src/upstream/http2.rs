@@ -54,8 +54,10 @@ impl Connections for Shared {
             .initial_connection_window_size(4 << 20)
             // Design §5's 64 KiB of headers, as for HTTP/1 (hyper's default here is 16 KiB).
             .max_header_list_size(64 * 1024)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+            // A peer on a host that vanished answers nothing: PINGs while requests are open
+            // find it within about 4 s, so they end and may be sent elsewhere.
+            .keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
             .handshake(io)
             .await
             .map_err(|source| ProxyError::Handshake { endpoint: addr, source })?;
