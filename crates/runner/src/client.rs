@@ -11,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tether_model::fleet::{AgentRegistration, Assignments, DeploymentRecord, TaskRecord, TaskReport};
 use tether_model::registry::Registration;
 use tether_model::spec::ServiceSpec;
 
@@ -148,6 +149,63 @@ impl ControlClient {
         let path = format!("/v1/namespaces/{ns}/bootstrap-tokens");
         let token: Token = self.call(Method::POST, &path, Some(&body)).await?;
         Ok(token.token)
+    }
+
+    // ---- the fleet -----------------------------------------------------------------------------
+
+    /// Joins (or renews) agent `name` with what it says of its host.
+    pub async fn put_agent(&self, name: &str, registration: &AgentRegistration) -> Result<(), ApiError> {
+        self.call::<Value>(Method::PUT, &format!("/v1/agents/{name}"), Some(registration)).await?;
+        Ok(())
+    }
+
+    /// What the scheduler placed on agent `name`.
+    pub async fn assignments(&self, name: &str) -> Result<Assignments, ApiError> {
+        self.call(Method::GET, &format!("/v1/agents/{name}/assignments"), None::<&()>).await
+    }
+
+    /// An agent's report on one of its tasks.
+    pub async fn report_task(&self, ns: &str, id: &str, report: &TaskReport) -> Result<(), ApiError> {
+        let path = format!("/v1/namespaces/{ns}/tasks/{id}/status");
+        self.call::<Value>(Method::PUT, &path, Some(report)).await?;
+        Ok(())
+    }
+
+    /// A join token for agent `name` (admin only).
+    pub async fn join_token(&self, name: &str) -> Result<String, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: String,
+        }
+        let body = serde_json::json!({ "agent": name });
+        let token: Token = self.call(Method::POST, "/v1/join-tokens", Some(&body)).await?;
+        Ok(token.token)
+    }
+
+    /// Every task record of a namespace.
+    pub async fn tasks(&self, ns: &str) -> Result<Vec<TaskRecord>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            tasks: Vec<TaskRecord>,
+        }
+        let list: List = self.call(Method::GET, &format!("/v1/namespaces/{ns}/tasks"), None::<&()>).await?;
+        Ok(list.tasks)
+    }
+
+    /// A namespace's deployments (of one service, or all), oldest first.
+    pub async fn deployments(
+        &self,
+        ns: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<DeploymentRecord>, ApiError> {
+        #[derive(serde::Deserialize)]
+        struct List {
+            deployments: Vec<DeploymentRecord>,
+        }
+        let query = service.map(|s| format!("?service={s}")).unwrap_or_default();
+        let path = format!("/v1/namespaces/{ns}/deployments{query}");
+        let list: List = self.call(Method::GET, &path, None::<&()>).await?;
+        Ok(list.deployments)
     }
 
     /// `POST path` with a JSON body: the JSON body of a 2xx answer.

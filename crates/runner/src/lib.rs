@@ -5,9 +5,10 @@
 //! It speaks to the control plane only through its REST API, so it runs the same beside an
 //! embedded control plane (`tether up`) and against a remote one (`tether up --server`).
 
+pub mod agent;
+pub mod cgroup;
 pub mod client;
 pub mod health;
-mod plan;
 pub mod process;
 pub mod sandbox;
 mod service;
@@ -43,6 +44,12 @@ pub struct RunnerConfig {
     /// The control plane's URL, and its token.
     pub server: String,
     pub token: String,
+    pub host: HostConfig,
+}
+
+/// How tasks run on this host: what a single-host runner and a fleet agent share.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
     /// Where tasks keep their files (`tasks/`) and logs (`logs/`).
     pub data_dir: PathBuf,
     /// The directory commands run in (the spec file's).
@@ -57,7 +64,7 @@ pub struct RunnerConfig {
 
 /// What every task shares.
 pub(crate) struct Context {
-    pub config: RunnerConfig,
+    pub host: HostConfig,
     pub client: ControlClient,
     /// The runner's current lease; a new one when the old one was lost.
     pub lease: watch::Receiver<i64>,
@@ -65,6 +72,7 @@ pub(crate) struct Context {
 }
 
 pub struct Runner {
+    namespace: String,
     ctx: Arc<Context>,
     lease: watch::Sender<i64>,
     status: watch::Sender<Status>,
@@ -77,8 +85,13 @@ impl Runner {
         let lease_id = client.grant_lease(LEASE_TTL).await?;
         let (lease, lease_rx) = watch::channel(lease_id);
         let (logs, _) = broadcast::channel(1024);
-        let ctx = Context { config, client, lease: lease_rx, logs };
-        Ok(Self { ctx: Arc::new(ctx), lease, status: watch::channel(Status::default()).0 })
+        let ctx = Context { host: config.host, client, lease: lease_rx, logs };
+        Ok(Self {
+            namespace: config.namespace,
+            ctx: Arc::new(ctx),
+            lease,
+            status: watch::channel(Status::default()).0,
+        })
     }
 
     pub fn status(&self) -> watch::Receiver<Status> {
@@ -96,11 +109,12 @@ impl Runner {
         let mut supervisors: HashMap<String, (tokio::sync::mpsc::UnboundedSender<Command>, u64)> =
             HashMap::new();
         let mut joins = Vec::new();
-        let mut edge = Edge::default();
+        let namespace = self.namespace.clone();
+        let mut edge = Edge::new(&namespace, format!("edge-{}", std::process::id()), "edge.log".into());
         let mut unreachable = false;
         tokio::pin!(shutdown);
         loop {
-            match ctx.client.services(&ctx.config.namespace).await {
+            match ctx.client.services(&namespace).await {
                 Ok(services) => {
                     if unreachable {
                         info!("the control plane answers again");
@@ -109,8 +123,7 @@ impl Runner {
                     let mut seen = Vec::new();
                     let mut publishes = false;
                     for entry in services {
-                        let Some(version) =
-                            Version::new(entry.revision, &entry.name, &ctx.config.namespace, entry.spec)
+                        let Some(version) = Version::new(entry.revision, &entry.name, &namespace, entry.spec)
                         else {
                             continue;
                         };
@@ -176,15 +189,15 @@ impl Runner {
         shutdown: impl Future<Output = ()>,
     ) -> Result<Option<String>, ApiError> {
         let ctx = self.ctx.clone();
-        let entry = ctx.client.services(&ctx.config.namespace).await?.into_iter().find(|s| s.name == service);
+        let namespace = &self.namespace;
+        let entry = ctx.client.services(namespace).await?.into_iter().find(|s| s.name == service);
         let Some(entry) = entry else {
             return Err(ApiError::Refused {
                 method: http::Method::GET,
-                path: format!("/v1/namespaces/{}/services/{service}", ctx.config.namespace),
+                path: format!("/v1/namespaces/{namespace}/services/{service}"),
                 status: http::StatusCode::NOT_FOUND,
                 message: format!(
-                    "namespace {} has no service `{service}`; create it first (tether up, or PUT it)",
-                    ctx.config.namespace
+                    "namespace {namespace} has no service `{service}`; create it first (tether up, or PUT it)"
                 ),
             });
         };
@@ -192,11 +205,9 @@ impl Runner {
         spec.command = command;
         spec.desired_count = None;
         let version =
-            Version::new(entry.revision, service, &ctx.config.namespace, spec).ok_or_else(|| {
-                ApiError::Malformed {
-                    path: service.to_owned(),
-                    reason: "the service cannot run tasks (an external service?)".into(),
-                }
+            Version::new(entry.revision, service, namespace, spec).ok_or_else(|| ApiError::Malformed {
+                path: service.to_owned(),
+                reason: "the service cannot run tasks (an external service?)".into(),
             })?;
         let keeper = tokio::spawn(keep_lease(ctx.client.clone(), self.lease));
         let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -247,24 +258,33 @@ async fn keep_lease(client: ControlClient, lease: watch::Sender<i64>) {
     }
 }
 
-/// The host's edge proxy: it owns the `publish` ports and balances them across the tasks.
-#[derive(Default)]
-struct Edge {
+/// The host's edge proxy for one namespace: it owns the `publish` ports and balances them
+/// across the namespace's tasks.
+pub(crate) struct Edge {
+    namespace: String,
+    /// Its name as a task: `edge-<pid>` beside `tether up`, `edge-<host>` on an agent.
+    task: String,
+    /// Its log file's name, in the host's `logs/`.
+    log: String,
     process: Option<TaskProcess>,
 }
 
 impl Edge {
-    async fn keep(&mut self, ctx: &Context, wanted: bool) {
+    pub(crate) fn new(namespace: &str, task: String, log: String) -> Self {
+        Self { namespace: namespace.to_owned(), task, log, process: None }
+    }
+
+    pub(crate) async fn keep(&mut self, ctx: &Context, wanted: bool) {
         if let Some(process) = &mut self.process {
             if !wanted {
-                process.stop(ctx.config.drain_wait + Duration::from_secs(5)).await;
+                process.stop(ctx.host.drain_wait + Duration::from_secs(5)).await;
                 self.process = None;
                 return;
             }
             match process.try_wait() {
                 Ok(None) => return,
                 _ => {
-                    warn!("the edge proxy exited; starting it again");
+                    warn!(namespace = %self.namespace, "the edge proxy exited; starting it again");
                     self.process = None;
                 }
             }
@@ -272,35 +292,34 @@ impl Edge {
         if !wanted {
             return;
         }
-        match start_edge(ctx).await {
+        match self.start(ctx).await {
             Ok(process) => self.process = Some(process),
-            Err(e) => warn!("cannot start the edge proxy: {e}"),
+            Err(e) => warn!(namespace = %self.namespace, "cannot start the edge proxy: {e}"),
         }
     }
-}
 
-async fn start_edge(ctx: &Context) -> std::io::Result<TaskProcess> {
-    let dir = ctx.config.data_dir.join("edge");
-    let logs = ctx.config.data_dir.join("logs");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::create_dir_all(&logs)?;
-    let mut command = sandbox::host_command(&ctx.config.tether_exe.to_string_lossy())?;
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let task = format!("edge-{}", std::process::id());
-    let token = ctx
-        .client
-        .bootstrap_token(&ctx.config.namespace, None, &task)
-        .await
-        .map_err(std::io::Error::other)?;
-    command
-        .arg("proxy")
-        .args(["--server", ctx.client.base(), "--namespace", &ctx.config.namespace, "--edge"])
-        .args(["--task", &task])
-        .args(["--admin", &admin.to_string()])
-        .arg("--state-dir")
-        .arg(dir.join("proxy"))
-        .args(["--drain-wait", &ctx.config.drain_wait.as_secs_f64().to_string()])
-        .env("TETHER_TOKEN", token)
-        .env("TETHER_LOG", "warn");
-    TaskProcess::spawn(command, &logs.join("edge.log"), None).await
+    async fn start(&self, ctx: &Context) -> std::io::Result<TaskProcess> {
+        let dir = ctx.host.data_dir.join("edge").join(&self.namespace);
+        let logs = ctx.host.data_dir.join("logs");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&logs)?;
+        let mut command = sandbox::host_command(&ctx.host.tether_exe.to_string_lossy())?;
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let token = ctx
+            .client
+            .bootstrap_token(&self.namespace, None, &self.task)
+            .await
+            .map_err(std::io::Error::other)?;
+        command
+            .arg("proxy")
+            .args(["--server", ctx.client.base(), "--namespace", &self.namespace, "--edge"])
+            .args(["--task", &self.task])
+            .args(["--admin", &admin.to_string()])
+            .arg("--state-dir")
+            .arg(dir.join("proxy"))
+            .args(["--drain-wait", &ctx.host.drain_wait.as_secs_f64().to_string()])
+            .env("TETHER_TOKEN", token)
+            .env("TETHER_LOG", "warn");
+        TaskProcess::spawn(command, &logs.join(&self.log), None).await
+    }
 }

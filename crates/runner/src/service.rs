@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tether_model::rollout::{TaskView, plan};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::Context;
-use crate::plan::{TaskView, plan};
 use crate::status::{DeploymentState, DeploymentStatus, ServiceStatus, Status, TaskState, TaskStatus};
 use crate::task::{self, TaskEvent, TaskHandle};
 use crate::version::Version;
@@ -186,7 +186,7 @@ impl Supervisor {
             // failed version; the change comes back here as a spec with the same tasks.
             let (ctx, name) = (self.ctx.clone(), self.name.clone());
             tokio::spawn(async move {
-                if let Err(e) = ctx.client.put_service(&ctx.config.namespace, &name, &from.spec).await {
+                if let Err(e) = ctx.client.put_service(&from.service.namespace, &name, &from.spec).await {
                     warn!(service = %name, "cannot restore the previous spec: {e}");
                 }
             });

@@ -49,14 +49,23 @@ pub enum TaskEvent {
 /// The supervisor's hold on a running task.
 pub struct TaskHandle {
     pub version: Arc<Version>,
-    stop: Option<oneshot::Sender<()>>,
+    /// Sends whether to drain.
+    stop: Option<oneshot::Sender<bool>>,
 }
 
 impl TaskHandle {
     /// Asks the task to drain and stop; its `Exited` event follows.
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Stops the task without draining: it is no longer this host's (its instances went with
+    /// an expired lease, and it was replaced elsewhere).
+    pub fn abandon(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(false);
         }
     }
 
@@ -76,7 +85,7 @@ pub fn start(
     tokio::spawn(async move {
         let mut task = Task::new(ctx, version, id.clone());
         let outcome = task.run(&events, stopped).await;
-        task.teardown(outcome.is_ok()).await;
+        task.teardown(outcome == Ok(true)).await;
         let _ = events.send((id, TaskEvent::Exited(outcome.err())));
     });
     handle
@@ -97,7 +106,7 @@ struct Task {
 
 impl Task {
     fn new(ctx: Arc<Context>, version: Arc<Version>, id: String) -> Self {
-        let dir = ctx.config.data_dir.join("tasks").join(&id);
+        let dir = ctx.host.data_dir.join("tasks").join(&id);
         Self {
             ctx,
             version,
@@ -115,16 +124,16 @@ impl Task {
         &self.version.service.name
     }
 
-    /// Until the task is stopped (`Ok`) or fails (`Err` says why).
+    /// Until the task is stopped (`Ok(drain)`) or fails (`Err` says why).
     async fn run(
         &mut self,
         events: &mpsc::UnboundedSender<(String, TaskEvent)>,
-        mut stop: oneshot::Receiver<()>,
-    ) -> Result<(), String> {
+        mut stop: oneshot::Receiver<bool>,
+    ) -> Result<bool, String> {
         let started = Instant::now();
         tokio::select! {
             result = self.start() => result?,
-            _ = &mut stop => return Ok(()),
+            drain = &mut stop => return Ok(drain.unwrap_or(true)),
         }
         let check = self.check();
         let mut verdicts = Verdicts::new(&check, started);
@@ -142,7 +151,7 @@ impl Task {
                     Err(e) => format!("the app could not be waited for: {e}"),
                 }),
                 status = sidecar.wait() => return Err(format!("its sidecar exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
-                _ = &mut stop => return Ok(()),
+                drain = &mut stop => return Ok(drain.unwrap_or(true)),
                 changed = lease.changed() => {
                     if changed.is_ok() {
                         self.register_all(if self.healthy { Health::Healthy } else { Health::Starting }).await?;
@@ -209,7 +218,7 @@ impl Task {
     async fn start(&mut self) -> Result<(), String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
         std::fs::create_dir_all(&self.dir).map_err(|e| fail("cannot create the task's directory", &e))?;
-        let logs = self.ctx.config.data_dir.join("logs").join(self.service());
+        let logs = self.ctx.host.data_dir.join("logs").join(self.service());
         std::fs::create_dir_all(&logs).map_err(|e| fail("cannot create the log directory", &e))?;
         let sandbox = match self.version.task.network_mode {
             NetworkMode::Sandbox => {
@@ -234,17 +243,17 @@ impl Task {
         let token = self
             .ctx
             .client
-            .bootstrap_token(&self.ctx.config.namespace, Some(self.service()), &self.id)
+            .bootstrap_token(&self.version.service.namespace, Some(self.service()), &self.id)
             .await
             .map_err(|e| fail("cannot get the sidecar's bootstrap token", &e))?;
-        let mut sidecar = crate::sandbox::host_command(&self.ctx.config.tether_exe.to_string_lossy())
+        let mut sidecar = crate::sandbox::host_command(&self.ctx.host.tether_exe.to_string_lossy())
             .map_err(|e| fail("cannot prepare the sidecar", &e))?;
         sidecar
             .arg("proxy")
             .args(["--server", self.ctx.client.base()])
             .args([
                 "--namespace",
-                &self.ctx.config.namespace,
+                &self.version.service.namespace,
                 "--service",
                 self.service(),
                 "--task",
@@ -253,7 +262,7 @@ impl Task {
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .arg("--state-dir")
             .arg(self.dir.join("proxy"))
-            .args(["--drain-wait", &self.ctx.config.drain_wait.as_secs_f64().to_string()])
+            .args(["--drain-wait", &self.ctx.host.drain_wait.as_secs_f64().to_string()])
             .env("TETHER_TOKEN", token)
             .env("TETHER_LOG", "warn");
         if let (Some(netns), Some(hosts)) = (sandbox.netns_path(), sandbox.hosts_file()) {
@@ -268,7 +277,7 @@ impl Task {
         for (port_name, port) in &ports {
             let registration = Registration {
                 task: Some(self.id.clone()),
-                address: self.ctx.config.advertise,
+                address: self.ctx.host.advertise,
                 port: *port,
                 app_protocol: None,
                 health: Health::Starting,
@@ -300,8 +309,8 @@ impl Task {
     fn prepare(&self, command: &mut tokio::process::Command) {
         let task = &self.version.task;
         let cwd = match &task.working_directory {
-            Some(dir) => self.ctx.config.base_dir.join(dir),
-            None => self.ctx.config.base_dir.clone(),
+            Some(dir) => self.ctx.host.base_dir.join(dir),
+            None => self.ctx.host.base_dir.clone(),
         };
         command.current_dir(cwd);
         for name in PROXY_VARIABLES {
@@ -310,7 +319,7 @@ impl Task {
         command
             .env("TETHER_TASK", &self.id)
             .env("TETHER_SERVICE", self.service())
-            .env("TETHER_NAMESPACE", &self.ctx.config.namespace)
+            .env("TETHER_NAMESPACE", &self.version.service.namespace)
             .envs(&task.environment);
     }
 
@@ -325,7 +334,13 @@ impl Task {
     /// Until the sidecar answers on its admin port and has bound every inbound listener.
     async fn wait_for_sidecar(&mut self, admin: u16, ports: &[(String, u16)]) -> Result<(), String> {
         let deadline = Instant::now() + SIDECAR_DEADLINE;
-        let mut waiting: Vec<u16> = ports.iter().map(|(_, p)| *p).chain([admin]).collect();
+        // Inbound listeners bind the advertised address; the admin endpoint loopback.
+        let advertise = self.ctx.host.advertise;
+        let mut waiting: Vec<SocketAddr> = ports
+            .iter()
+            .map(|(_, p)| SocketAddr::new(advertise, *p))
+            .chain([SocketAddr::from((Ipv4Addr::LOCALHOST, admin))])
+            .collect();
         while !waiting.is_empty() {
             if let Ok(Some(status)) =
                 self.sidecar.as_mut().map(|s| s.try_wait()).transpose().map(Option::flatten)
@@ -333,17 +348,14 @@ impl Task {
                 return Err(format!("its sidecar exited at start ({status}); see its log"));
             }
             let mut still = Vec::new();
-            for port in waiting {
-                let addr = SocketAddr::new(self.ctx.config.advertise, port);
+            for addr in waiting {
                 if tokio::net::TcpStream::connect(addr).await.is_err() {
-                    still.push(port);
+                    still.push(addr);
                 }
             }
             waiting = still;
             if Instant::now() > deadline {
-                return Err(format!(
-                    "its sidecar did not listen on ports {waiting:?} within {SIDECAR_DEADLINE:?}"
-                ));
+                return Err(format!("its sidecar did not listen on {waiting:?} within {SIDECAR_DEADLINE:?}"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -357,7 +369,7 @@ impl Task {
             registration.lease = Some(lease);
             self.ctx
                 .client
-                .put_instance(&self.ctx.config.namespace, &self.version.service.name, id, registration)
+                .put_instance(&self.version.service.namespace, &self.version.service.name, id, registration)
                 .await
                 .map_err(|e| format!("cannot register instance {id}: {e}"))?;
         }
@@ -374,14 +386,14 @@ impl Task {
             if let Some(sidecar) = &mut self.sidecar {
                 // The sidecar keeps serving until the change has reached the callers, lets
                 // requests in flight finish, then exits.
-                sidecar.stop(self.ctx.config.drain_wait + STOP_GRACE).await;
+                sidecar.stop(self.ctx.host.drain_wait + STOP_GRACE).await;
             }
         }
         for (id, _) in &self.instances {
             if let Err(e) = self
                 .ctx
                 .client
-                .delete_instance(&self.ctx.config.namespace, &self.version.service.name, id)
+                .delete_instance(&self.version.service.namespace, &self.version.service.name, id)
                 .await
             {
                 warn!(task = %self.id, instance = %id, "cannot deregister: {e}");

@@ -23,20 +23,7 @@ impl Version {
     pub fn new(revision: u64, name: &str, namespace: &str, spec: ServiceSpec) -> Option<Arc<Self>> {
         let service = spec.validate(name, namespace).ok()?;
         let task = service.task.clone()?;
-        let ports: Vec<(&str, Option<&str>)> = service
-            .ports
-            .iter()
-            .map(|p| {
-                (p.name.as_str(), service.discovery_for_port(&p.name).map(|d| d.discovery_name.as_str()))
-            })
-            .collect();
-        let fingerprint = serde_json::json!({
-            "task": task,
-            "ports": service.ports,
-            "published": ports,
-            "publish": service.publish,
-        })
-        .to_string();
+        let fingerprint = tether_model::rollout::fingerprint(&service)?;
         Some(Arc::new(Self { revision, spec, service, task, fingerprint }))
     }
 
