@@ -55,9 +55,15 @@ impl ControlPlane {
 
     /// As [`start`](Self::start), with more arguments (such as `--store etcd://…`).
     pub async fn start_with(bin: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(bin, "127.0.0.1:0", extra_args).await
+    }
+
+    /// As [`start_with`](Self::start_with), listening on `listen` (such as the gateway of
+    /// emulated hosts, `198.18.N.1:0`).
+    pub async fn start_on(bin: &str, listen: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let extra_args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
-        let process = spawn(bin, &data.path().join(DATA), &extra_args)?;
+        let process = spawn_at(bin, listen, &data.path().join(DATA), &extra_args)?;
         let mut control = Self {
             bin: bin.to_owned(),
             extra_args,

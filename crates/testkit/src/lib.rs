@@ -9,6 +9,7 @@ mod backend;
 mod client;
 pub mod control;
 pub mod etcd;
+pub mod hosts;
 mod load;
 mod logged;
 mod net;

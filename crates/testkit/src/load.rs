@@ -29,6 +29,8 @@ pub struct LoadReport {
     pub by_backend: HashMap<String, usize>,
     /// The longest any request took, from sending it to the end of its response.
     pub slowest: Duration,
+    /// Every request's time, fastest first.
+    pub latencies: Vec<Duration>,
 }
 
 enum Outcome {
@@ -90,6 +92,7 @@ impl Load {
         while let Some(outcomes) = self.workers.join_next().await {
             for (outcome, took) in outcomes.expect("a load worker panicked") {
                 report.slowest = report.slowest.max(took);
+                report.latencies.push(took);
                 match outcome {
                     Outcome::Ok(backend) => {
                         report.ok += 1;
@@ -99,11 +102,21 @@ impl Load {
                 }
             }
         }
+        report.latencies.sort();
         report
     }
 }
 
 impl LoadReport {
+    /// The time within which `q` (0 to 1) of the requests were answered.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let n = self.latencies.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        self.latencies[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]
+    }
+
     /// Failures whose status is `status` (their text starts with it).
     pub fn failures_with(&self, status: u16) -> usize {
         let prefix = format!("{status} ");

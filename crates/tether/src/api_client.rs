@@ -25,6 +25,13 @@ pub struct Target {
     data: Option<PathBuf>,
 }
 
+impl Target {
+    /// A control plane named on another command's own flags.
+    pub fn new(server: String, token: Option<String>) -> Self {
+        Self { server, token, data: None }
+    }
+}
+
 pub struct ApiClient {
     inner: ControlClient,
     /// Where the token came from, for the message when it is refused.

@@ -19,13 +19,13 @@ pub enum Output {
 #[derive(clap::Args)]
 pub struct Common {
     #[command(flatten)]
-    target: Target,
+    pub target: Target,
     /// The namespace; may be left out when the control plane has only one.
     #[arg(long, short, value_name = "NS", env = "TETHER_NAMESPACE")]
-    namespace: Option<String>,
+    pub namespace: Option<String>,
     /// table (for people) or json (for scripts).
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub output: Output,
 }
 
 /// List a namespace's services: their discovery names, client aliases and healthy instances.
@@ -142,7 +142,7 @@ fn find(services: &[Value], name: &str) -> Option<(String, Option<String>)> {
     })
 }
 
-async fn connect(common: &Common) -> anyhow::Result<(ApiClient, String)> {
+pub(crate) async fn connect(common: &Common) -> anyhow::Result<(ApiClient, String)> {
     let client = ApiClient::new(&common.target)?;
     if let Some(ns) = &common.namespace {
         return Ok((client, ns.clone()));
@@ -192,20 +192,20 @@ pub fn text(v: &Value) -> String {
     }
 }
 
-fn or_dash(s: String) -> String {
+pub(crate) fn or_dash(s: String) -> String {
     if s.is_empty() { "-".into() } else { s }
 }
 
-fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+pub(crate) fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| (*c).to_owned()).collect()
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 /// Columns padded to their widest cell, two spaces apart; the last column is not padded.
-fn print_table(rows: &[Vec<String>]) {
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))

@@ -4,6 +4,7 @@
 mod api_client;
 mod app;
 mod ca;
+mod fleet;
 mod inspect;
 mod proxy;
 mod server;
@@ -48,6 +49,10 @@ enum Command {
     Logs(app::inspect::LogsArgs),
     Run(app::run::Args),
     Ca(ca::Args),
+    Agent(fleet::AgentArgs),
+    Token(fleet::TokenArgs),
+    Hosts(fleet::HostsArgs),
+    Deployments(fleet::DeploymentsArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
             | Command::Ps(_)
             | Command::Logs(_)
             | Command::Run(_)
+            | Command::Agent(_)
     );
     let default_level = if quiet_by_default { tracing::Level::WARN } else { tracing::Level::INFO };
     tracing_subscriber::fmt()
@@ -75,6 +81,10 @@ fn main() -> ExitCode {
         Command::Endpoints(args) => inspect::endpoints(args),
         Command::Validate(args) => validate::main(args),
         Command::Up(args) => app::up::main(args),
+        Command::Agent(args) => fleet::agent(args),
+        Command::Token(args) => fleet::token(args),
+        Command::Hosts(args) => fleet::hosts(args),
+        Command::Deployments(args) => fleet::deployments(args),
         Command::Deploy(args) => app::deploy::main(args),
         Command::Down(args) => app::inspect::down(args),
         Command::Ps(args) => app::inspect::ps(args),

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tether_control::ca::Ca;
 use tether_control::identity::IdentityOptions;
-use tether_control::stream::ConfigStreamService;
-use tether_control::{DEFAULT_LISTEN, Server, ServerConfig, default_data_dir, ensure_data_dir};
+use tether_control::{
+    DEFAULT_LISTEN, SchedulerOptions, Server, ServerConfig, default_data_dir, ensure_data_dir,
+};
 use tether_store::{Embedded, Etcd, Store};
 use tracing::{error, info, warn};
 
@@ -61,7 +62,15 @@ pub struct Args {
     /// How long sidecar certificates live, e.g. 24h, 30m, 90s; they are renewed at half-life.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_lifetime)]
     certificate_lifetime: Duration,
+    /// Do not run the fleet's scheduler here. With several replicas on one etcd, exactly one
+    /// runs it: start the others with this flag.
+    #[arg(long)]
+    no_scheduler: bool,
 }
+
+/// After the server starts, agents have this long to renew before their hosts count as lost
+/// (more than an agent's lease, 10 s).
+const LOST_GRACE: Duration = Duration::from_secs(15);
 
 /// The lifetime of sidecar certificates, from 10 s to 365 days.
 pub fn parse_lifetime(text: &str) -> Result<Duration, String> {
@@ -126,6 +135,7 @@ pub fn main(args: Args) -> ExitCode {
         listen: args.listen,
         data_dir: args.data.unwrap_or_else(default_data_dir),
         identity: IdentityOptions { lifetime: args.certificate_lifetime, supplied },
+        scheduler: (!args.no_scheduler).then_some(SchedulerOptions { lost_grace: LOST_GRACE }),
     };
     let run = async {
         ensure_data_dir(&config.data_dir)?;
@@ -167,12 +177,6 @@ pub fn main(args: Args) -> ExitCode {
 
 async fn serve<S: Store>(config: &ServerConfig, store: S) -> anyhow::Result<()> {
     let server = Server::bind(config, store).await?;
-    let stream = ConfigStreamService::new(
-        server.registry().clone(),
-        server.admin_token().clone(),
-        server.issuer().clone(),
-    );
-    let server = server.merge(stream.router());
     info!(token = %server.token_path().display(), "admin token");
     // Tests and scripts read the address from this line.
     info!(kind = %"api", addr = %server.local_addr(), "listening");

@@ -31,6 +31,14 @@ pub struct Args {
     /// Give up waiting after this many seconds (the deployment goes on).
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     timeout: u64,
+    /// Deploy to a fleet's control plane (`tether server`) instead of the `tether up` of this
+    /// folder: its scheduler rolls the new tasks out across the hosts, and the deployment goes
+    /// on if this command stops.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The control plane's admin token (with --server).
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true, requires = "server")]
+    token: Option<String>,
 }
 
 pub fn main(args: Args) -> ExitCode {
@@ -38,6 +46,21 @@ pub fn main(args: Args) -> ExitCode {
         Ok(app) => app,
         Err(code) => return code,
     };
+    if let Some(server) = args.server.clone() {
+        return super::run_async(async move {
+            let token = args.token.clone().context("--server needs --token (or TETHER_TOKEN)")?;
+            let client = ControlClient::new(&server, &token);
+            let changed = super::apply(&client, &app, false).await?;
+            if changed.is_empty() {
+                println!("nothing changed");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let ok =
+                crate::fleet::follow(&client, &app.namespace, &changed, Duration::from_secs(args.timeout))
+                    .await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        });
+    }
     super::run_async(async move {
         let data = args.data.resolve(Some(&args.file));
         let session = Session::find(&data)?;

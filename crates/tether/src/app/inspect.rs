@@ -12,7 +12,8 @@ use super::session::{DataDir, Session, read_state};
 use crate::validate::Output;
 
 /// List the tasks of a running `tether up`: service, task, revision, state and age, and each
-/// service's last deployment.
+/// service's last deployment. With --server, a fleet's tasks as its control plane placed them:
+/// with their host, desired state and why one is pending or stopped.
 #[derive(clap::Args)]
 pub struct PsArgs {
     #[command(flatten)]
@@ -20,9 +21,26 @@ pub struct PsArgs {
     /// text (for people) or json (for scripts).
     #[arg(long, short, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// A fleet's control plane (`tether server`), instead of the `tether up` of this folder.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The control plane's admin token (with --server).
+    #[arg(long, env = "TETHER_TOKEN", hide_env_values = true, requires = "server")]
+    token: Option<String>,
+    /// The namespace (with --server); may be left out when the control plane has only one.
+    #[arg(long, short, value_name = "NS", requires = "server")]
+    namespace: Option<String>,
 }
 
 pub fn ps(args: PsArgs) -> ExitCode {
+    if let Some(server) = args.server {
+        let output = match args.output {
+            Output::Text => crate::inspect::Output::Table,
+            Output::Json => crate::inspect::Output::Json,
+        };
+        let target = crate::api_client::Target::new(server, args.token);
+        return crate::fleet::ps(crate::inspect::Common { target, namespace: args.namespace, output });
+    }
     report(|| {
         let data = args.data.resolve(None);
         let session = Session::find(&data)?;

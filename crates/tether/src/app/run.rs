@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use tether_runner::{Runner, RunnerConfig};
+use tether_runner::{HostConfig, Runner, RunnerConfig};
 
 /// Run one task of an existing service with the given command, in a sandbox beside its own
 /// sidecar, registered with the control plane once healthy, outside the service's
@@ -50,11 +50,13 @@ pub fn main(args: Args) -> ExitCode {
             namespace: args.namespace.clone(),
             server: args.server.clone(),
             token: args.token.clone(),
-            data_dir: data.clone(),
-            base_dir: std::env::current_dir()?,
-            tether_exe: std::env::current_exe().context("finding the tether binary")?,
-            advertise: std::net::Ipv4Addr::LOCALHOST.into(),
-            drain_wait: Duration::from_secs_f64(args.drain_wait.clamp(0.0, 110.0)),
+            host: HostConfig {
+                data_dir: data.clone(),
+                base_dir: std::env::current_dir()?,
+                tether_exe: std::env::current_exe().context("finding the tether binary")?,
+                advertise: std::net::Ipv4Addr::LOCALHOST.into(),
+                drain_wait: Duration::from_secs_f64(args.drain_wait.clamp(0.0, 110.0)),
+            },
         })
         .await?;
         let mut logs = runner.logs();

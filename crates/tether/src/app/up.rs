@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tether_control::identity::IdentityOptions;
-use tether_control::stream::ConfigStreamService;
 use tether_control::{Server, ServerConfig, ensure_data_dir};
 use tether_model::{App, AppProtocol};
 use tether_runner::status::{ServiceStatus, TaskState};
-use tether_runner::{ControlClient, LogLine, Runner, RunnerConfig, Status};
+use tether_runner::{ControlClient, HostConfig, LogLine, Runner, RunnerConfig, Status};
 use tether_store::Embedded;
 use tokio::sync::{broadcast, watch};
 
@@ -129,11 +128,13 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
         namespace: app.namespace.clone(),
         server: server.clone(),
         token,
-        data_dir: data.clone(),
-        base_dir,
-        tether_exe: std::env::current_exe().context("finding the tether binary")?,
-        advertise: std::net::Ipv4Addr::LOCALHOST.into(),
-        drain_wait: Duration::from_secs_f64(args.drain_wait),
+        host: HostConfig {
+            data_dir: data.clone(),
+            base_dir,
+            tether_exe: std::env::current_exe().context("finding the tether binary")?,
+            advertise: std::net::Ipv4Addr::LOCALHOST.into(),
+            drain_wait: Duration::from_secs_f64(args.drain_wait),
+        },
     })
     .await?;
     let tasks: u32 =
@@ -196,17 +197,12 @@ async fn embedded_control_plane(
     let store = tokio::task::spawn_blocking(move || Embedded::open(&dir))
         .await?
         .with_context(|| format!("opening the embedded store in {}", data.display()))?;
-    let config = ServerConfig { listen, data_dir: data.to_path_buf(), identity };
+    // The runner places its own tasks: no scheduler.
+    let config = ServerConfig { listen, data_dir: data.to_path_buf(), identity, scheduler: None };
     let server = Server::bind(&config, store).await.with_context(|| {
         format!("starting the control plane on {listen} (is another `tether up` or `tether server` using it? pass --listen 127.0.0.1:0)")
     })?;
-    let stream = ConfigStreamService::new(
-        server.registry().clone(),
-        server.admin_token().clone(),
-        server.issuer().clone(),
-    );
     let token = server.admin_token().as_str().to_owned();
-    let server = server.merge(stream.router());
     let url = format!("http://{}", server.local_addr());
     let join = tokio::spawn(async move {
         if let Err(e) = server.run(stop).await {
