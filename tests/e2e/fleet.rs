@@ -135,7 +135,7 @@ async fn instances(control: &ControlPlane, service: &str) -> Vec<(String, String
 #[tokio::test]
 async fn tasks_spread_across_hosts_and_a_lost_host_is_replaced_without_a_failed_request() {
     let fleet = Fleet::create(3).unwrap();
-    let control = ControlPlane::start_on(BIN, &format!("{}:0", fleet.gateway()), &[]).await.unwrap();
+    let mut control = ControlPlane::start_on(BIN, &format!("{}:0", fleet.gateway()), &[]).await.unwrap();
     let url = control.url();
     let apps = tempfile::tempdir().unwrap();
     std::fs::write(apps.path().join("api.py"), API).unwrap();
@@ -279,5 +279,63 @@ async fn tasks_spread_across_hosts_and_a_lost_host_is_replaced_without_a_failed_
         client.get(&answer).await.is_ok_and(|r| r.status == 200),
         "{answer} answers again"
     );
+
+    // A rolling deployment across the hosts under load, the control plane SIGKILLed and started
+    // again once the first new task is healthy: the deployment completes from its record, and
+    // no request fails.
+    let load = Load::start(client.clone(), format!("http://{}:{PUBLISHED}/", entry.address), 4, 200_000);
+    let mut next = spec(apps.path()).remove(0).1;
+    next["environment"] = json!([{ "name": "VERSION", "value": "2" }]);
+    let reply = control.put(&format!("/v1/namespaces/{NS}/services/api"), &next).await.unwrap();
+    assert!(reply.status.is_success(), "{}", reply.text);
+    let revision = reply.body["revision"].as_u64().unwrap();
+    let new_healthy = |tasks: Value| {
+        tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                t["service"] == "api"
+                    && t["revision"] == revision
+                    && t["state"] == "HEALTHY"
+                    && t["desired"] == "RUNNING"
+            })
+            .count()
+    };
+    let tasks_path = format!("/v1/namespaces/{NS}/tasks");
+    assert_eventually!(
+        Duration::from_secs(60),
+        new_healthy(control.get(&tasks_path).await.unwrap().body) >= 1,
+        "a task of revision {revision} healthy: {}",
+        logs(&agents)
+    );
+    control.kill();
+    control.wait_exit(Duration::from_secs(5)).await;
+    control.start_again().await.unwrap();
+    let deployments_path = format!("/v1/namespaces/{NS}/deployments?service=api");
+    let deployment_state = |body: Value| {
+        body["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|d| d["toRevision"] == revision)
+            .map(|d| d["state"].as_str().unwrap().to_owned())
+    };
+    assert_eventually!(
+        Duration::from_secs(60),
+        deployment_state(control.get(&deployments_path).await.unwrap().body).as_deref() == Some("COMPLETED"),
+        "the deployment completed after the restart: {}",
+        control.get(&deployments_path).await.unwrap().text
+    );
+    assert_eq!(new_healthy(control.get(&tasks_path).await.unwrap().body), 2);
+    let report = load.stop().await;
+    eprintln!(
+        "rolling deployment with a control-plane restart: {} requests, p99 {:?}, slowest {:?}",
+        report.ok + report.failures.len(),
+        report.quantile(0.99),
+        report.slowest
+    );
+    report.assert_no_failures();
     drop(agents);
 }

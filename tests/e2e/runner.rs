@@ -538,3 +538,55 @@ services:
     );
     assert_eq!(app.leftovers(), vec![], "processes left behind");
 }
+
+/// A task that allocates past its `memory` is killed by the kernel (its cgroup's limit), the
+/// runner says why, and the task is replaced; one within its limit runs on.
+#[tokio::test]
+async fn a_task_over_its_memory_is_killed_by_the_kernel_and_replaced() {
+    const HOG: &str = r#"
+import os, sys, time
+print("started", flush=True)
+time.sleep(1)
+if os.environ["TETHER_SERVICE"] == "hog":
+    block = bytearray(int(sys.argv[1]) * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+print("allocated", flush=True)
+time.sleep(600)
+"#;
+    let spec = r#"
+namespace: memory.test
+services:
+  hog:
+    command: ["python3", "hog.py", "200"]
+    memory: 48
+  modest:
+    command: ["python3", "hog.py", "0"]
+    memory: 48
+"#;
+    let mut app = RunningApp::start(BIN, &[("tether.yaml", spec), ("hog.py", HOG)]).unwrap();
+    app.wait_for_output(
+        "exceeded its memory limit (48 MiB) and was killed by the kernel",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    // Replaced: another hog task starts after the first was killed.
+    assert_eventually!(
+        Duration::from_secs(30),
+        app.output().matches("hog-").count() >= 2
+            && app.output().lines().filter(|l| l.contains("hog-") && l.contains("starting")).count() >= 2,
+        "the killed task was replaced:\n{}",
+        app.output()
+    );
+    let ps = String::from_utf8_lossy(&app.tether(&["ps"]).stdout).into_owned();
+    assert!(ps.contains("exceeded its memory limit"), "{ps}");
+    assert!(app.app_logs("modest").contains("allocated"), "{}", app.app_logs("modest"));
+    assert!(
+        !app.output().contains("modest-")
+            || !app.output().lines().any(|l| l.contains("modest") && l.contains("exceeded")),
+        "{}",
+        app.output()
+    );
+    app.stop(Duration::from_secs(30)).await.unwrap();
+}

@@ -176,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn a_command_check_reports_why_it_failed() {
         let dir = tempfile::tempdir().unwrap();
-        let sandbox = Sandbox::host(dir.path());
+        let sandbox = Sandbox::host(dir.path(), None);
         let check = Check::Command(HealthCheckPolicy {
             command: HealthCommand::Shell("echo not yet >&2; exit 3".into()),
             interval: Duration::from_secs(1),

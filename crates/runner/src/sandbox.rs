@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::mount::{MsFlags, mount};
+
+use crate::cgroup::ProcsFiles;
 use nix::sched::{CloneFlags, setns, unshare};
 
 /// Where a task's processes run.
@@ -31,12 +33,15 @@ struct Inner {
     netns: Option<OwnedFd>,
     /// The file bind-mounted over `/etc/hosts` in every process of the task.
     hosts: PathBuf,
+    /// The task's cgroup (its memory and cpu limits), entered by every process of the task
+    /// before it runs anything.
+    cgroup: Option<ProcsFiles>,
 }
 
 impl Sandbox {
     /// A new network namespace with loopback up, and a hosts file in `dir` that starts as a copy
     /// of the host's (the sidecar appends the aliases).
-    pub fn create(dir: &Path) -> io::Result<Self> {
+    pub fn create(dir: &Path, cgroup: Option<ProcsFiles>) -> io::Result<Self> {
         let hosts = dir.join("hosts");
         let host_hosts = std::fs::read("/etc/hosts").unwrap_or_default();
         std::fs::write(&hosts, host_hosts)?;
@@ -55,12 +60,12 @@ impl Sandbox {
         })
         .join()
         .map_err(|_| io::Error::other("the namespace thread panicked"))??;
-        Ok(Self(Arc::new(Inner { netns: Some(netns), hosts })))
+        Ok(Self(Arc::new(Inner { netns: Some(netns), hosts, cgroup })))
     }
 
-    /// No sandbox: processes share the host's network and files.
-    pub fn host(dir: &Path) -> Self {
-        Self(Arc::new(Inner { netns: None, hosts: dir.join("hosts") }))
+    /// No sandbox: processes share the host's network and files (and still enter `cgroup`).
+    pub fn host(dir: &Path, cgroup: Option<ProcsFiles>) -> Self {
+        Self(Arc::new(Inner { netns: None, hosts: dir.join("hosts"), cgroup }))
     }
 
     pub fn is_isolated(&self) -> bool {
@@ -97,7 +102,7 @@ impl Sandbox {
             None => None,
         };
         let netns = self.0.netns.as_ref().map(|fd| fd.as_fd().try_clone_to_owned()).transpose()?;
-        Ok(Enter { netns: netns.map(Arc::new), hosts })
+        Ok(Enter { netns: netns.map(Arc::new), hosts, cgroup: self.0.cgroup.clone() })
     }
 
     /// Whether something accepts TCP connections on `127.0.0.1:port` inside the sandbox.
@@ -148,7 +153,7 @@ pub fn become_root_in_user_namespace() -> io::Result<bool> {
 
 /// A command that runs on the host, in a process group of its own, killed if the runner dies.
 pub fn host_command(program: &str) -> io::Result<tokio::process::Command> {
-    Sandbox(Arc::new(Inner { netns: None, hosts: PathBuf::new() })).command(program)
+    Sandbox(Arc::new(Inner { netns: None, hosts: PathBuf::new(), cgroup: None })).command(program)
 }
 
 /// What a child does before exec to enter the sandbox.
@@ -156,10 +161,14 @@ pub fn host_command(program: &str) -> io::Result<tokio::process::Command> {
 struct Enter {
     netns: Option<Arc<OwnedFd>>,
     hosts: Option<CString>,
+    cgroup: Option<ProcsFiles>,
 }
 
 impl Enter {
     fn run(&self) -> io::Result<()> {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.enter()?;
+        }
         let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
         if let Some(netns) = &self.netns {
             setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)?;
@@ -206,7 +215,7 @@ mod tests {
     #[tokio::test]
     async fn processes_see_the_sandbox() {
         let dir = tempfile::tempdir().unwrap();
-        let sandbox = Sandbox::create(dir.path()).expect("creating a sandbox (run as root)");
+        let sandbox = Sandbox::create(dir.path(), None).expect("creating a sandbox (run as root)");
         std::fs::write(sandbox.hosts_file().unwrap(), "127.255.0.9\tpayment-service\n").unwrap();
         let out = sandbox
             .command("sh")
@@ -227,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn probes_reach_inside_only() {
         let dir = tempfile::tempdir().unwrap();
-        let sandbox = Sandbox::create(dir.path()).unwrap();
+        let sandbox = Sandbox::create(dir.path(), None).unwrap();
         let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = outside.local_addr().unwrap().port();
         assert!(!sandbox.accepts(port, Duration::from_millis(500)).await);

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::Context;
+use crate::cgroup::{CgroupError, Limits, ProcsFiles, TaskCgroup};
 use crate::health::{Check, PORT_PROBE_DEADLINE, Verdicts};
 use crate::process::TaskProcess;
 use crate::sandbox::Sandbox;
@@ -102,6 +103,8 @@ struct Task {
     /// Instance id, registration, for every port registered.
     instances: Vec<(String, Registration)>,
     healthy: bool,
+    /// Holds the task's limits; dropped (and removed) once its processes are gone.
+    cgroup: Option<TaskCgroup>,
 }
 
 impl Task {
@@ -117,6 +120,7 @@ impl Task {
             app: None,
             instances: Vec::new(),
             healthy: false,
+            cgroup: None,
         }
     }
 
@@ -146,10 +150,7 @@ impl Task {
             let app = self.app.as_mut().expect("started");
             let sidecar = self.sidecar.as_mut().expect("started");
             tokio::select! {
-                status = app.wait() => return Err(match status {
-                    Ok(status) => format!("the app exited ({status})"),
-                    Err(e) => format!("the app could not be waited for: {e}"),
-                }),
+                status = app.wait() => return Err(self.app_exit(status)),
                 status = sidecar.wait() => return Err(format!("its sidecar exited ({})", status.map(|s| s.to_string()).unwrap_or_default())),
                 drain = &mut stop => return Ok(drain.unwrap_or(true)),
                 changed = lease.changed() => {
@@ -220,11 +221,12 @@ impl Task {
         std::fs::create_dir_all(&self.dir).map_err(|e| fail("cannot create the task's directory", &e))?;
         let logs = self.ctx.host.data_dir.join("logs").join(self.service());
         std::fs::create_dir_all(&logs).map_err(|e| fail("cannot create the log directory", &e))?;
+        let procs = self.limit()?;
         let sandbox = match self.version.task.network_mode {
             NetworkMode::Sandbox => {
-                Sandbox::create(&self.dir).map_err(|e| fail("cannot create the sandbox", &e))?
+                Sandbox::create(&self.dir, procs).map_err(|e| fail("cannot create the sandbox", &e))?
             }
-            NetworkMode::Host => Sandbox::host(&self.dir),
+            NetworkMode::Host => Sandbox::host(&self.dir, procs),
         };
         self.sandbox = Some(sandbox.clone());
 
@@ -303,6 +305,48 @@ impl Task {
         debug!(task = %self.id, pid = app.pid(), "app started");
         self.app = Some(app);
         Ok(())
+    }
+
+    /// The task's cgroup, when its spec reserves memory or cpu: the kernel holds the app and its
+    /// health checks to it. A host without a usable hierarchy runs the task without limits
+    /// and says so.
+    fn limit(&mut self) -> Result<Option<ProcsFiles>, String> {
+        let resources = self.version.task.resources;
+        if resources.memory_mib == 0 && resources.cpu == 0 {
+            return Ok(None);
+        }
+        let limits = Limits {
+            memory_mib: (resources.memory_mib > 0).then_some(resources.memory_mib),
+            cpu_units: (resources.cpu > 0).then_some(resources.cpu),
+        };
+        match TaskCgroup::create(&self.id, &limits) {
+            Ok(cgroup) => {
+                let procs =
+                    cgroup.open_procs().map_err(|e| format!("cannot enter the task's cgroup: {e}"))?;
+                debug!(task = %self.id, kind = cgroup.kind(), path = %cgroup.path().display(), "cgroup");
+                self.cgroup = Some(cgroup);
+                Ok(Some(procs))
+            }
+            Err(CgroupError::Unsupported(why)) => {
+                warn!(task = %self.id, "running without its memory and cpu limits: {why}");
+                Ok(None)
+            }
+            Err(e) => Err(format!("cannot make the task's cgroup: {e}")),
+        }
+    }
+
+    /// Why the app exited: the kernel's OOM killer, or its own doing.
+    fn app_exit(&self, status: std::io::Result<std::process::ExitStatus>) -> String {
+        if self.cgroup.as_ref().is_some_and(TaskCgroup::oom_killed) {
+            return format!(
+                "the app exceeded its memory limit ({} MiB) and was killed by the kernel (OOM)",
+                self.version.task.resources.memory_mib
+            );
+        }
+        match status {
+            Ok(status) => format!("the app exited ({status})"),
+            Err(e) => format!("the app could not be waited for: {e}"),
+        }
     }
 
     /// The app's (and its health check's) working directory and environment.
@@ -406,6 +450,7 @@ impl Task {
             app.stop(STOP_GRACE).await;
         }
         self.sandbox = None;
+        self.cgroup = None;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -15,6 +15,9 @@
 //!                        the deployment record's progress and outcome
 //! ```
 //!
+//! A service is scheduled once an agent has joined (or it has task records already): a
+//! control plane without agents, beside `tether up --server` runners, writes nothing.
+//!
 //! One scheduler must run per store: with several replicas on one etcd, only one of them is
 //! started with it (`tether server --no-scheduler` on the others).
 
@@ -108,6 +111,12 @@ impl<S: Store> Scheduler<S> {
                 }
                 let key = (ns.clone(), record.service.name.clone());
                 let service_tasks = by_service.remove(&key).unwrap_or_default();
+                // Without a fleet (no agent has joined, and the service has never had tasks
+                // placed) the namespace is run by something else, such as `tether up
+                // --server`: nothing is written for it.
+                if agents.is_empty() && service_tasks.is_empty() {
+                    continue;
+                }
                 let backoff = self.backoff.entry(key.clone()).or_default();
                 let mut run = service::Run {
                     registry: &self.registry,

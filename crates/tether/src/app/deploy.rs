@@ -33,7 +33,8 @@ pub struct Args {
     timeout: u64,
     /// Deploy to a fleet's control plane (`tether server`) instead of the `tether up` of this
     /// folder: its scheduler rolls the new tasks out across the hosts, and the deployment goes
-    /// on if this command stops.
+    /// on if this command stops. Tasks run in the spec file's folder (or workingDirectory in
+    /// it) as an absolute path, which must exist on every host.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// The control plane's admin token (with --server).
@@ -47,6 +48,7 @@ pub fn main(args: Args) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(server) = args.server.clone() {
+        let app = with_absolute_directories(app, &args.file);
         return super::run_async(async move {
             let token = args.token.clone().context("--server needs --token (or TETHER_TOKEN)")?;
             let client = ControlClient::new(&server, &token);
@@ -128,4 +130,23 @@ async fn follow(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// For a fleet: every service's working directory as an absolute path (the spec file's folder,
+/// or `workingDirectory` within it), since agents run tasks on other machines, where a relative
+/// path would mean nothing. That path must exist on every host.
+fn with_absolute_directories(mut app: tether_model::App, file: &std::path::Path) -> tether_model::App {
+    let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    let folder = file.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+    for (spec, _) in &mut app.services {
+        if spec.command.is_empty() {
+            continue;
+        }
+        let dir = match &spec.working_directory {
+            Some(dir) => folder.join(dir),
+            None => folder.clone(),
+        };
+        spec.working_directory = Some(dir.to_string_lossy().into_owned());
+    }
+    app
 }
