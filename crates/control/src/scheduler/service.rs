@@ -3,7 +3,7 @@
 //! tasks, and its deployment record.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use tether_model::fleet::{Agent, DeploymentRecord, DeploymentState, DesiredState, TaskRecord, TaskState};
 use tether_model::placement::{HostView, Resources, place};
@@ -61,7 +61,7 @@ impl<S: Store> Run<'_, S> {
         let service = &record.service;
         let Some(target) = fingerprint(service) else { return Ok(()) };
         let (ns, name) = (service.namespace.as_str(), service.name.as_str());
-        let mut deployment = self.deployment(record, &target).await?;
+        let (mut deployment, halted) = self.deployment(record, &target).await?;
 
         // Reports first: a task that stopped while it should run has exited or failed.
         let mut live = Vec::new();
@@ -103,8 +103,6 @@ impl<S: Store> Run<'_, S> {
             self.fleet.put_deployment(d, Some(*revision)).await?;
             return Ok(());
         }
-        let halted = deployment.as_ref().is_none_or(|(d, _)| d.state == DeploymentState::Failed)
-            && self.last_deployment_failed(ns, name, &target).await?;
 
         let views: Vec<TaskView> = live
             .iter()
@@ -131,7 +129,7 @@ impl<S: Store> Run<'_, S> {
                 task.updated = now();
                 self.fleet.put_task(&task, Some(revision)).await?;
             } else if task.host.is_none() {
-                self.place(&mut task, service, &placed)?;
+                self.place(&mut task, service, &placed);
                 if task.host.is_some() || task.reason.is_some() {
                     self.fleet.put_task(&task, Some(revision)).await?;
                 }
@@ -142,7 +140,7 @@ impl<S: Store> Run<'_, S> {
         }
         for _ in 0..step.start {
             let mut task = TaskRecord {
-                id: format!("{name}-{:06x}", fastrand_u32()),
+                id: format!("{name}-{:06x}", random_u32()),
                 namespace: ns.to_owned(),
                 service: name.to_owned(),
                 revision: record.revision as u64,
@@ -157,7 +155,7 @@ impl<S: Store> Run<'_, S> {
                 updated: now(),
                 failed: false,
             };
-            self.place(&mut task, service, &placed)?;
+            self.place(&mut task, service, &placed);
             if self.fleet.put_task(&task, None).await? {
                 info!(namespace = %ns, service = %name, task = %task.id, host = task.host.as_deref().unwrap_or("-"), "task placed");
                 placed.push(task);
@@ -200,18 +198,22 @@ impl<S: Store> Run<'_, S> {
     }
 
     /// The service's deployment in progress for `target`, made when the service's tasks
-    /// changed; an older one in progress is superseded.
+    /// changed (an older one in progress is superseded); and whether the deployment of
+    /// `target` was stopped by the circuit breaker (nothing of it starts until the spec
+    /// changes).
     async fn deployment(
         &self,
         record: &ServiceRecord,
         target: &str,
-    ) -> Result<Option<(DeploymentRecord, i64)>> {
+    ) -> Result<(Option<(DeploymentRecord, i64)>, bool)> {
         let (ns, name) = (&record.service.namespace, &record.service.name);
         let all = self.fleet.deployments(ns, Some(name)).await?;
         if let Some((newest, _)) = all.last()
             && newest.fingerprint == target
         {
-            return Ok(all.into_iter().last().filter(|(d, _)| d.state == DeploymentState::InProgress));
+            let halted = newest.state == DeploymentState::Failed;
+            let active = all.into_iter().last().filter(|(d, _)| d.state == DeploymentState::InProgress);
+            return Ok((active, halted));
         }
         let from = all.iter().rev().find(|(d, _)| d.state == DeploymentState::Completed).map(|(d, _)| d);
         for (old, revision) in all.iter().filter(|(d, _)| d.state == DeploymentState::InProgress) {
@@ -222,7 +224,7 @@ impl<S: Store> Run<'_, S> {
             self.fleet.put_deployment(&old, Some(*revision)).await?;
         }
         let deployment = DeploymentRecord {
-            id: format!("{}-{}", record.revision, fastrand_u32() % 0x10000),
+            id: format!("{}-{}", record.revision, random_u32() % 0x10000),
             namespace: ns.clone(),
             service: name.clone(),
             from_revision: from.map_or(0, |d| d.to_revision),
@@ -240,14 +242,9 @@ impl<S: Store> Run<'_, S> {
         };
         info!(namespace = %ns, service = %name, from = deployment.from_revision, to = deployment.to_revision, "deployment started");
         if !self.fleet.put_deployment(&deployment, None).await? {
-            return Ok(None);
+            return Ok((None, false));
         }
-        self.fleet.active_deployment(ns, name).await
-    }
-
-    async fn last_deployment_failed(&self, ns: &str, name: &str, target: &str) -> Result<bool> {
-        let all = self.fleet.deployments(ns, Some(name)).await?;
-        Ok(all.last().is_some_and(|(d, _)| d.fingerprint == target && d.state == DeploymentState::Failed))
+        Ok((self.fleet.active_deployment(ns, name).await?, false))
     }
 
     /// ECS's deployment circuit breaker: at half the desired count of failed new tasks (3 to
@@ -282,12 +279,7 @@ impl<S: Store> Run<'_, S> {
     }
 
     /// Places `task` on a live agent, or leaves it PENDING with the reason.
-    fn place(
-        &self,
-        task: &mut TaskRecord,
-        service: &tether_model::spec::Service,
-        placed: &[TaskRecord],
-    ) -> Result<()> {
+    fn place(&self, task: &mut TaskRecord, service: &tether_model::spec::Service, placed: &[TaskRecord]) {
         let mut used: BTreeMap<&str, Resources> = BTreeMap::new();
         let mut mine: BTreeMap<&str, usize> = BTreeMap::new();
         // This service's running tasks as this tick left them (`placed`); everything else as
@@ -333,13 +325,14 @@ impl<S: Store> Run<'_, S> {
                 }
             }
         }
-        Ok(())
     }
 }
 
-fn fastrand_u32() -> u32 {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+/// A random number for new task and deployment ids.
+fn random_u32() -> u32 {
     let mut bytes = [0u8; 4];
+    // The system's randomness does not fail on Linux; a zero id suffix would still be unique
+    // enough with the revision and the conditional create.
     let _ = getrandom::fill(&mut bytes);
-    u32::from_le_bytes(bytes) ^ nanos
+    u32::from_le_bytes(bytes)
 }
