@@ -71,13 +71,5 @@ pub struct DeploymentStatus {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum DeploymentState {
-    InProgress,
-    Completed,
-    /// Its tasks kept failing and the previous version was restored.
-    RolledBack,
-    /// Its tasks kept failing and rollback is off: no more of them are started.
-    Failed,
-}
+/// The same states as a fleet's deployment records (a single-host runner never supersedes).
+pub use tether_model::fleet::DeploymentState;
