@@ -7,11 +7,7 @@ pub mod v1 {
     tonic::include_proto!("tether.v1");
 }
 
-/// Resource names: `inbound/<portName>` and `outbound/<dnsName>`.
-pub mod resource {
-    pub const INBOUND: &str = "inbound/";
-    pub const OUTBOUND: &str = "outbound/";
-    /// `outbound/publish:<service>.<portName>`: a service's port published on the host. An
-    /// outbound listener like any other, sent only to edge proxies (and only those to them).
-    pub const PUBLISH: &str = "outbound/publish:";
-}
+pub mod pieces;
+pub mod resource;
+
+pub use resource::ResourceName;

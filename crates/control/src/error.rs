@@ -62,6 +62,16 @@ pub enum Error {
     /// stored one, a failed signature (500).
     #[error("certificate authority: {0}")]
     Ca(String),
+    /// A task's logs are on a host that cannot serve them now: it left the fleet, or its agent
+    /// serves no logs (503, retry later).
+    #[error("the logs of task `{task}` are on host {host}, which cannot serve them: {reason}")]
+    HostUnavailable { host: String, task: String, reason: String },
+    /// A task's host did not answer, or refused the control plane (502).
+    #[error("the logs of task `{task}` are on host {host} ({address}), which did not serve them: {reason}")]
+    HostUnreachable { host: String, task: String, address: String, reason: String },
+    /// The task's host has no log of it: it never started there (404).
+    #[error("host {host} has no log of task `{task}`: it has not started there")]
+    LogNotFound { host: String, task: String },
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{}: {source}", .path.display())]

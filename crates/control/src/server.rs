@@ -127,11 +127,24 @@ impl<S: Store> Server<S> {
     /// Serves HTTP/1.1 and HTTP/2 (h2c, so gRPC too) until `shutdown` resolves, then stops
     /// accepting and lets requests in flight finish.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        self.run_until(std::future::pending(), shutdown).await
+    }
+
+    /// [`Server::run`], with the scheduler stopping earlier, at `scheduler_stop`: `tether up`
+    /// stops placing tasks before its agent drains them, and keeps serving while it does.
+    pub async fn run_until(
+        self,
+        scheduler_stop: impl Future<Output = ()> + Send + 'static,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(scheduler) = self.scheduler {
             let mut stopped = stopped.clone();
             tokio::spawn(scheduler.run(async move {
-                let _ = stopped.wait_for(|s| *s).await;
+                tokio::select! {
+                    () = scheduler_stop => {}
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
             }));
         }
         let shutdown = async move {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::placement::Resources;
 use crate::spec::ServiceSpec;
 
+pub mod logs;
+
 /// What an agent says of its host when it joins or renews (`PUT /v1/agents/{name}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -24,6 +26,10 @@ pub struct AgentRegistration {
     pub capacity: Resources,
     /// The lease the agent renews; the agent (and so its host) is gone when it expires.
     pub lease: i64,
+    /// The port, on `address`, where the agent serves its tasks' logs to the control plane
+    /// (see [`logs`]). Absent in the records of agents that serve none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_port: Option<u16>,
 }
 
 /// An agent as the control plane holds it.

@@ -5,6 +5,7 @@
 //! rest of tether uses. Every error points at a file, a line and a field. This crate does no IO
 //! beyond what its callers hand it.
 
+pub mod bundle;
 mod duration;
 pub mod fleet;
 pub mod identity;

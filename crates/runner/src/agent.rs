@@ -9,6 +9,10 @@
 //! drains, and a task that is no longer assigned here at all (its host was declared lost while
 //! cut off, and it was replaced elsewhere) is stopped without a drain before the agent's new
 //! lease is handed to the tasks it keeps, so an orphan never registers again.
+//!
+//! It may serve its tasks' logs to the control plane ([`LogServer`]).
+
+mod logs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -23,6 +27,8 @@ use tracing::{info, warn};
 use crate::task::{self, TaskEvent, TaskHandle};
 use crate::version::Version;
 use crate::{ApiError, Context, ControlClient, Edge, HostConfig, LogLine};
+
+pub use logs::LogServer;
 
 /// How often the agent reads what is placed on it.
 const POLL: Duration = Duration::from_millis(500);
@@ -49,6 +55,7 @@ pub struct Agent {
     lease_ttl: Duration,
     ctx: Arc<Context>,
     lease: watch::Sender<i64>,
+    log_server: Option<LogServer>,
 }
 
 /// A task this agent runs.
@@ -63,19 +70,37 @@ struct Local {
 impl Agent {
     /// Takes a lease and joins the fleet as `config.name`.
     pub async fn join(config: AgentConfig) -> Result<Self, ApiError> {
+        Self::join_serving_logs(config, None).await
+    }
+
+    /// The same, telling the control plane where `log_server` (bound on `config.address`)
+    /// serves the logs of this host's tasks; it serves once the agent runs.
+    pub async fn join_serving_logs(
+        config: AgentConfig,
+        log_server: Option<LogServer>,
+    ) -> Result<Self, ApiError> {
         let client = ControlClient::new(&config.server, &config.token);
         let lease_id = client.grant_lease(config.lease_ttl).await?;
+        let logs_port = log_server.as_ref().and_then(|s| s.local_addr().ok()).map(|a| a.port());
         let registration = AgentRegistration {
             address: config.address,
             attributes: config.attributes,
             capacity: config.capacity,
             lease: lease_id,
+            logs_port,
         };
         client.put_agent(&config.name, &registration).await?;
         let (lease, lease_rx) = watch::channel(lease_id);
         let (logs, _) = broadcast::channel(1024);
         let ctx = Context { host: config.host, client, lease: lease_rx, logs };
-        Ok(Self { name: config.name, registration, lease_ttl: config.lease_ttl, ctx: Arc::new(ctx), lease })
+        Ok(Self {
+            name: config.name,
+            registration,
+            lease_ttl: config.lease_ttl,
+            ctx: Arc::new(ctx),
+            lease,
+            log_server,
+        })
     }
 
     pub fn logs(&self) -> broadcast::Receiver<LogLine> {
@@ -93,6 +118,7 @@ impl Agent {
         let mut next_lease: Option<i64> = None;
         let mut renew_at = Instant::now() + self.lease_ttl / 3;
         let mut unreachable = false;
+        let log_server = self.log_server.take().map(|server| tokio::spawn(server.run()));
         tokio::pin!(shutdown);
         loop {
             if Instant::now() >= renew_at {
@@ -148,6 +174,9 @@ impl Agent {
         }
         let lease = *self.lease.borrow();
         let _ = self.ctx.client.revoke_lease(lease).await;
+        if let Some(server) = log_server {
+            server.abort();
+        }
     }
 
     /// Renews the lease; when it expired (the host was cut off for longer than its TTL), joins
@@ -211,12 +240,8 @@ impl Agent {
                     }
                 }
                 (None, DesiredState::Running) if !ended.contains_key(&key) => {
-                    let Some(version) = Version::new(
-                        record.revision,
-                        &record.service,
-                        &record.namespace,
-                        record.spec.clone(),
-                    ) else {
+                    let Some(version) = Version::new(&record.service, &record.namespace, record.spec.clone())
+                    else {
                         let why = "its spec runs no task here (no command, or invalid)".to_owned();
                         ended.insert(key, TaskReport { state: TaskState::Stopped, reason: Some(why) });
                         continue;

@@ -1,10 +1,19 @@
 //! The runner's side of the control plane's REST API: plain HTTP/1.1 and JSON.
+//!
+//! A client may know several control-plane URLs (replicas on one store): it keeps to the one
+//! that last answered, and moves to the next only when a connection cannot be made, never on
+//! an HTTP error answer, so a request that reached a control plane is never sent twice.
 
+mod lines;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -17,6 +26,10 @@ use tether_model::spec::ServiceSpec;
 
 /// A request gives up after this long: a hung control plane must not hang a task's lifecycle.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection not made within this long counts as a failed one: the next URL is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub use lines::Lines;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -47,20 +60,39 @@ pub struct ServiceEntry {
 
 #[derive(Clone)]
 pub struct ControlClient {
-    base: String,
+    /// The control plane's URLs, in the order given.
+    bases: Arc<[String]>,
+    /// `bases` comma-separated, as `tether proxy --server` takes them.
+    joined: String,
+    /// The index in `bases` of the one that last answered; shared by clones.
+    current: Arc<AtomicUsize>,
     token: String,
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl ControlClient {
-    /// A client for the control plane at `base`; an empty `token` sends none.
+    /// A client for the control plane at `base`, or at any of a comma-separated list of URLs;
+    /// an empty `token` sends none.
     pub fn new(base: &str, token: &str) -> Self {
-        let http = Client::builder(TokioExecutor::new()).build_http();
-        Self { base: base.trim_end_matches('/').to_owned(), token: token.to_owned(), http }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let mut bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            bases.push(String::new());
+        }
+        let joined = bases.join(",");
+        Self { bases: bases.into(), joined, current: Arc::default(), token: token.to_owned(), http }
     }
 
+    /// The control plane's URLs, comma-separated (one, unless several were given): what the
+    /// sidecars this client's runner starts get as their `--server`.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.joined
     }
 
     pub async fn put_namespace(&self, ns: &str) -> Result<(), ApiError> {
@@ -225,6 +257,62 @@ impl ControlClient {
         }
     }
 
+    /// `GET path` of a body that is streamed: its lines as they come. An answer that is not a
+    /// 2xx is an error, as with the other calls.
+    pub async fn get_lines(&self, path: &str) -> Result<Lines, ApiError> {
+        let (base, response) = self.send(Method::GET, path, Bytes::new()).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = tokio::time::timeout(TIMEOUT, response.into_body().collect())
+                .await
+                .map_err(|_| ApiError::Unreachable {
+                    url: base.clone(),
+                    reason: format!("no answer within {TIMEOUT:?}"),
+                })?
+                .map_err(|e| ApiError::Unreachable { url: base, reason: e.to_string() })?
+                .to_bytes();
+            return Err(refused(Method::GET, path, status, &body));
+        }
+        Ok(Lines::new(response.into_body(), base, path.to_owned()))
+    }
+
+    /// Sends a request to the control plane that last answered, or, while connections cannot
+    /// be made, to the next: the URL that answered, and its answer's head.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Bytes,
+    ) -> Result<(String, http::Response<Incoming>), ApiError> {
+        let first = self.current.load(Ordering::Relaxed) % self.bases.len();
+        let mut failures = Vec::new();
+        for i in (0..self.bases.len()).map(|n| (first + n) % self.bases.len()) {
+            let base = &self.bases[i];
+            let mut request = Request::builder().method(method.clone()).uri(format!("{base}{path}"));
+            if !self.token.is_empty() {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+            }
+            let request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(bytes.clone()))
+                .map_err(|e| ApiError::Malformed { path: path.to_owned(), reason: e.to_string() })?;
+            let unreachable = |reason: String| ApiError::Unreachable { url: base.clone(), reason };
+            match tokio::time::timeout(TIMEOUT, self.http.request(request)).await {
+                Ok(Ok(response)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok((base.clone(), response));
+                }
+                // Not connected: the request never left, so another control plane may take it.
+                Ok(Err(e)) if e.is_connect() && self.bases.len() > 1 => {
+                    failures.push(format!("{base}: {}", innermost(&e)));
+                }
+                Ok(Err(e)) => return Err(unreachable(innermost(&e))),
+                Err(_) => return Err(unreachable(format!("no answer within {TIMEOUT:?}"))),
+            }
+        }
+        Err(ApiError::Unreachable { url: self.joined.clone(), reason: failures.join("; ") })
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -235,19 +323,8 @@ impl ControlClient {
             Some(body) => Bytes::from(serde_json::to_vec(body).expect("request bodies serialize")),
             None => Bytes::new(),
         };
-        let mut request = Request::builder().method(method.clone()).uri(format!("{}{path}", self.base));
-        if !self.token.is_empty() {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
-        }
-        let request = request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(bytes))
-            .map_err(|e| ApiError::Malformed { path: path.to_owned(), reason: e.to_string() })?;
-        let unreachable = |reason: String| ApiError::Unreachable { url: self.base.clone(), reason };
-        let response = tokio::time::timeout(TIMEOUT, self.http.request(request))
-            .await
-            .map_err(|_| unreachable(format!("no answer within {TIMEOUT:?}")))?
-            .map_err(|e| unreachable(innermost(&e)))?;
+        let (base, response) = self.send(method.clone(), path, bytes).await?;
+        let unreachable = |reason: String| ApiError::Unreachable { url: base.clone(), reason };
         let status = response.status();
         let body = tokio::time::timeout(TIMEOUT, response.into_body().collect())
             .await
@@ -255,16 +332,21 @@ impl ControlClient {
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         if !status.is_success() {
-            let message = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-            return Err(ApiError::Refused { method, path: path.to_owned(), status, message });
+            return Err(refused(method, path, status, &body));
         }
         let body = if body.is_empty() { Bytes::from_static(b"null") } else { body };
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::Malformed { path: path.to_owned(), reason: e.to_string() })
     }
+}
+
+/// An answer that is not a 2xx, with the `error` of its JSON body when it has one.
+fn refused(method: Method, path: &str, status: StatusCode, body: &[u8]) -> ApiError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    ApiError::Refused { method, path: path.to_owned(), status, message }
 }
 
 /// The innermost cause of an error, which says it best ("Connection refused").
@@ -274,4 +356,80 @@ fn innermost(e: &dyn std::error::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A control plane that answers every request with `status` and `{}`; returns its URL.
+    async fn answering(status: u16) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0; 4096];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    /// A URL nothing listens on any more.
+    async fn closed() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        url
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_moves_to_the_next_url_and_stays_there() {
+        let (down, up) = (closed().await, answering(200).await);
+        let client = ControlClient::new(&format!("{down}, {up}/"), "t");
+        assert_eq!(client.base(), format!("{down},{up}"));
+        client.get("/v1/namespaces").await.unwrap();
+        assert_eq!(client.current.load(Ordering::Relaxed), 1, "sticks with the one that answered");
+        // Clones share which one answers.
+        client.clone().get("/v1/namespaces").await.unwrap();
+        assert_eq!(client.current.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_is_not_sent_elsewhere() {
+        let (refusing, answering) = (answering(503).await, answering(200).await);
+        let client = ControlClient::new(&format!("{refusing},{answering}"), "t");
+        let error = client.get("/v1/namespaces").await.unwrap_err();
+        assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE), "{error}");
+        assert_eq!(client.current.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn when_none_answers_the_error_names_every_url() {
+        let (a, b) = (closed().await, closed().await);
+        let client = ControlClient::new(&format!("{a},{b}"), "t");
+        match client.get("/v1/namespaces").await.unwrap_err() {
+            ApiError::Unreachable { url, reason } => {
+                assert_eq!(url, format!("{a},{b}"));
+                assert!(reason.contains(&a) && reason.contains(&b), "{reason}");
+            }
+            other => panic!("{other}"),
+        }
+    }
 }

@@ -47,9 +47,8 @@ pub enum TaskEvent {
     Exited(Option<String>),
 }
 
-/// The supervisor's hold on a running task.
+/// The agent's hold on a running task.
 pub struct TaskHandle {
-    pub version: Arc<Version>,
     /// Sends whether to drain.
     stop: Option<oneshot::Sender<bool>>,
 }
@@ -82,7 +81,7 @@ pub fn start(
     events: mpsc::UnboundedSender<(String, TaskEvent)>,
 ) -> TaskHandle {
     let (stop, stopped) = oneshot::channel();
-    let handle = TaskHandle { version: version.clone(), stop: Some(stop) };
+    let handle = TaskHandle { stop: Some(stop) };
     tokio::spawn(async move {
         let mut task = Task::new(ctx, version, id.clone());
         let outcome = task.run(&events, stopped).await;

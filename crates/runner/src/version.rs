@@ -1,15 +1,12 @@
-//! One version of a service: the spec the runner starts tasks from.
+//! One version of a service: the validated spec a task starts from.
 
 use std::sync::Arc;
 
 use tether_model::spec::{Service, ServiceSpec, TaskDefinition};
 
-/// A service's spec at one revision, validated.
+/// A service's spec, validated.
 #[derive(Debug)]
 pub struct Version {
-    /// The control plane's revision of the spec.
-    pub revision: u64,
-    pub spec: ServiceSpec,
     pub service: Service,
     pub task: TaskDefinition,
     /// What a task of this version runs, as text: two versions whose tasks would be the same
@@ -20,19 +17,15 @@ pub struct Version {
 
 impl Version {
     /// `None` for a service without tasks to run (no command, or an external service).
-    pub fn new(revision: u64, name: &str, namespace: &str, spec: ServiceSpec) -> Option<Arc<Self>> {
+    pub fn new(name: &str, namespace: &str, spec: ServiceSpec) -> Option<Arc<Self>> {
         let service = spec.validate(name, namespace).ok()?;
         let task = service.task.clone()?;
         let fingerprint = tether_model::rollout::fingerprint(&service)?;
-        Some(Arc::new(Self { revision, spec, service, task, fingerprint }))
+        Some(Arc::new(Self { service, task, fingerprint }))
     }
 
     pub fn desired_count(&self) -> u32 {
         self.service.desired_count
-    }
-
-    pub fn same_tasks(&self, other: &Version) -> bool {
-        self.fingerprint == other.fingerprint
     }
 
     /// The port mappings a task registers an instance for: those published to the mesh or to

@@ -2,13 +2,12 @@
 //! join token), `tether hosts`, `tether tasks` and `tether deployments` (what the control plane
 //! placed where, and how rollouts went).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 use tether_model::placement::Resources;
 use tether_runner::HostConfig;
@@ -84,7 +83,7 @@ fn parse_capacity(text: &str) -> Result<Resources, String> {
 }
 
 /// This machine's CPUs (1024 units each) and memory.
-fn detected_capacity() -> Resources {
+pub(crate) fn detected_capacity() -> Resources {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let memory_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -297,45 +296,4 @@ pub fn deployments(args: DeploymentsArgs) -> ExitCode {
         print_table(&rows);
         Ok(())
     })
-}
-
-/// Follows the deployments of `changed` services (name → revision) until none is in progress:
-/// `Ok(true)` when all completed.
-pub async fn follow(
-    client: &tether_runner::ControlClient,
-    ns: &str,
-    changed: &BTreeMap<String, u64>,
-    timeout: Duration,
-) -> anyhow::Result<bool> {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut shown: BTreeMap<String, String> = BTreeMap::new();
-    loop {
-        let mut done = true;
-        let mut ok = true;
-        for (service, revision) in changed {
-            let deployments = client.deployments(ns, Some(service)).await?;
-            let Some(d) = deployments.iter().rev().find(|d| d.to_revision >= *revision) else {
-                done = false;
-                continue;
-            };
-            let line = format!("{:?}: {}", d.state, d.message);
-            if shown.get(service) != Some(&line) {
-                println!("{service}: {}", d.message);
-                shown.insert(service.clone(), line);
-            }
-            use tether_model::fleet::DeploymentState as S;
-            match d.state {
-                S::InProgress => done = false,
-                S::Completed => {}
-                S::RolledBack | S::Failed | S::Superseded => ok = false,
-            }
-        }
-        if done {
-            return Ok(ok);
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("still deploying after {timeout:?}; follow it with `tether deployments`");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }

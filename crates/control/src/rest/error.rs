@@ -36,7 +36,10 @@ impl Error {
             | Error::InstanceNotFound { .. }
             | Error::LeaseNotFound(_)
             | Error::TaskNotFound { .. }
+            | Error::LogNotFound { .. }
             | Error::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Error::HostUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::HostUnreachable { .. } => StatusCode::BAD_GATEWAY,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Taken(_) | Error::NamespaceNotEmpty { .. } | Error::Contended(_) | Error::NotYet(_) => {
                 StatusCode::CONFLICT

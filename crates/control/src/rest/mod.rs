@@ -10,6 +10,7 @@ mod extract;
 mod fleet;
 mod handlers;
 mod identity;
+mod logs;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -192,6 +193,7 @@ fn routes<S: Store>() -> Routes<S> {
         .add("GET", "/v1/agents/{name}/assignments", fleet::assignments::<S>)
         .add("GET", "/v1/namespaces/{ns}/tasks", fleet::list_tasks::<S>)
         .add("PUT", "/v1/namespaces/{ns}/tasks/{id}/status", fleet::report::<S>)
+        .add("GET", "/v1/namespaces/{ns}/tasks/{id}/logs", logs::task_logs::<S>)
         .add("GET", "/v1/namespaces/{ns}/deployments", fleet::list_deployments::<S>)
 }
 

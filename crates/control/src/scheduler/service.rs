@@ -62,6 +62,8 @@ impl<S: Store> Run<'_, S> {
         let Some(target) = fingerprint(service) else { return Ok(()) };
         let (ns, name) = (service.namespace.as_str(), service.name.as_str());
         let (mut deployment, halted) = self.deployment(record, &target).await?;
+        // As read: what this tick changes in it (failures counted, progress) is written once.
+        let read = deployment.as_ref().map(|(d, _)| d.clone());
 
         // Reports first: a task that stopped while it should run has exited or failed.
         let mut live = Vec::new();
@@ -173,7 +175,6 @@ impl<S: Store> Run<'_, S> {
                 .count();
             let settled =
                 healthy >= desired && placed.iter().all(|t| t.fingerprint == target) && step.start == 0;
-            let before = d.clone();
             d.healthy = healthy as u32;
             d.desired = desired as u32;
             if settled {
@@ -189,7 +190,7 @@ impl<S: Store> Run<'_, S> {
             } else if d.failed_tasks == 0 {
                 d.message = format!("{healthy}/{desired} tasks of revision {} healthy", d.to_revision);
             }
-            if d != before {
+            if read.as_ref() != Some(&d) {
                 d.updated = now();
                 self.fleet.put_deployment(&d, Some(revision)).await?;
             }

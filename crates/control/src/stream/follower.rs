@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tether_api::ResourceName;
 use tether_store::{Error as StoreError, Event, Store};
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
@@ -22,7 +23,7 @@ const RELIST_PAUSE: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, Default)]
 pub struct Change {
     /// Outbound resources changed (`Some`) or removed (`None`), by name.
-    pub outbound: Vec<(String, Option<resources::Body>)>,
+    pub outbound: Vec<(ResourceName, Option<resources::Body>)>,
     /// The inbound resources of these (service, task) pairs are now as given.
     pub inbound: Vec<((String, String), Resources)>,
     /// Everything may have changed (a relist): streams resend their whole view.
@@ -47,7 +48,7 @@ impl State {
     /// The outbound resources a task of `service` must not get: its own service's aliases on
     /// a port its app listens on. Inside the task's sandbox the app binds that port (often on
     /// every address), which a listener on the alias's address would take from it.
-    pub fn reserved(&self, service: &str) -> std::collections::BTreeSet<String> {
+    pub fn reserved(&self, service: &str) -> BTreeSet<ResourceName> {
         let Some(record) = self.snapshot.services.get(service) else { return Default::default() };
         let service = &record.service;
         let ports: BTreeSet<u16> = service.ports.iter().map(|p| p.container_port).collect();
@@ -56,7 +57,7 @@ impl State {
             .iter()
             .flat_map(|d| &d.client_aliases)
             .filter(|a| ports.contains(&a.port))
-            .map(|a| format!("{}{}", tether_api::resource::OUTBOUND, a.dns_name))
+            .map(|a| ResourceName::outbound(&a.dns_name))
             .collect()
     }
 
@@ -126,7 +127,7 @@ enum Touched {
     Instance { service: String, id: String, old_task: Option<String> },
 }
 
-fn diff(before: &Resources, after: &Resources) -> Vec<(String, Option<resources::Body>)> {
+fn diff(before: &Resources, after: &Resources) -> Vec<(ResourceName, Option<resources::Body>)> {
     let removed = before.keys().filter(|k| !after.contains_key(*k)).map(|k| (k.clone(), None));
     let changed =
         after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, v)| (k.clone(), Some(v.clone())));

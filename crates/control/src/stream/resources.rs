@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use tether_api::resource;
+use tether_api::ResourceName;
 use tether_model::registry::Instance;
 use tether_model::spec::{Discovery, Port, Service};
 use tether_model::{
@@ -28,7 +28,7 @@ use crate::Snapshot;
 pub type Body = bytes::Bytes;
 
 /// Resources by name.
-pub type Resources = BTreeMap<String, Body>;
+pub type Resources = BTreeMap<ResourceName, Body>;
 
 /// The outbound resources of every client alias of every service in the namespace.
 pub fn outbound(snapshot: &Snapshot, vips: &VirtualIps) -> Resources {
@@ -64,16 +64,16 @@ pub fn outbound_of(snapshot: &Snapshot, service: &Service, vips: &VirtualIps) ->
                 outlier_detection: OutlierDetection::default(),
                 limits: Limits::default(),
             };
-            resources.insert(format!("{}{}", resource::OUTBOUND, alias.dns_name), encode(&outbound));
+            resources.insert(ResourceName::outbound(&alias.dns_name), encode(&outbound));
         }
     }
     for publish in &service.publish {
         let instances = routable(snapshot, service)
             .filter(|i| i.port_name.as_deref() == Some(publish.port_name.as_str()));
         let endpoints = mesh_endpoints(service, &publish.port_name, instances);
-        let name = format!("{}.{}", service.name, publish.port_name);
+        let name = ResourceName::publish(&service.name, &publish.port_name);
         let outbound = Outbound {
-            dns_name: name.clone(),
+            dns_name: name.name().to_owned(),
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), publish.host_port),
             app_protocol: publish.app_protocol,
             load_balancing: LoadBalancing::default(),
@@ -83,7 +83,7 @@ pub fn outbound_of(snapshot: &Snapshot, service: &Service, vips: &VirtualIps) ->
             outlier_detection: OutlierDetection::default(),
             limits: Limits::default(),
         };
-        resources.insert(format!("{}{name}", resource::PUBLISH), encode(&outbound));
+        resources.insert(name, encode(&outbound));
     }
     resources
 }
@@ -151,7 +151,7 @@ pub fn inbound(snapshot: &Snapshot, service: &str, task: &str) -> Resources {
             timeout: port_timeouts(service, &port.name, port.app_protocol),
             tls: port.tls.then(|| InboundTls { allow_from: allowed_callers(service, port) }),
         };
-        resources.insert(format!("{}{}", resource::INBOUND, port.name), encode(&inbound));
+        resources.insert(ResourceName::inbound(&port.name), encode(&inbound));
     }
     resources
 }
@@ -304,7 +304,8 @@ mod tests {
     }
 
     fn decode(resources: &Resources, name: &str) -> Value {
-        let body = resources.get(name).unwrap_or_else(|| panic!("no {name} in {:?}", resources.keys()));
+        let key = ResourceName::parse(name).unwrap();
+        let body = resources.get(&key).unwrap_or_else(|| panic!("no {name} in {:?}", resources.keys()));
         serde_json::from_slice(body).unwrap()
     }
 
@@ -354,7 +355,8 @@ mod tests {
         let snapshot = shop(|spec| spec["allowFrom"] = json!(["orders"]));
         let aliases = outbound(&snapshot, &VirtualIps::of_namespace(&snapshot));
         let listeners = inbound(&snapshot, "payment", "t1");
-        let bodies = |r: &Resources| -> Vec<Value> { r.keys().map(|name| decode(r, name)).collect() };
+        let bodies =
+            |r: &Resources| -> Vec<Value> { r.keys().map(|name| decode(r, name.as_str())).collect() };
         let document =
             json!({ "admin": "127.0.0.1:9901", "inbound": bodies(&listeners), "outbound": bodies(&aliases) });
         let config = tether_model::ProxyConfig::parse_streamed("stream", &document.to_string())

@@ -42,6 +42,12 @@ pub struct ServiceSpec {
     /// Where the command runs, relative to the spec file's directory. Default: that directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<String>,
+    /// The files the command runs among, as `sha256:<64 hex>` of a bundle the control plane
+    /// holds (`PUT /v1/bundles/{digest}`); `tether deploy --server` packs the spec file's folder
+    /// and sets it. Tasks run in the bundle unpacked on their host, and a relative
+    /// `workingDirectory` is within it. Absent: files are where `workingDirectory` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
     /// `awsvpc` (the default: each task in its own network sandbox) or `host` (none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<NetworkModeSpec>,

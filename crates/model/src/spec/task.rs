@@ -75,6 +75,9 @@ pub struct TaskDefinition {
     pub environment: BTreeMap<String, String>,
     /// As written: relative to the spec file's directory (the runner resolves it), or absolute.
     pub working_directory: Option<String>,
+    /// The bundle the task's files come from (`sha256:<64 hex>`), when they are shipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<String>,
     pub network_mode: NetworkMode,
     pub health_check: Option<HealthCheckPolicy>,
     /// Unhealthy results do not replace a task for this long after it starts.
@@ -174,6 +177,14 @@ impl Checker<'_> {
                 "must be a directory, e.g. `services/payment` (relative to the spec file's directory); remove it to run in that directory",
             );
         }
+        if let Some(bundle) = &spec.bundle
+            && crate::bundle::bundle_hex(bundle).is_none()
+        {
+            self.fail(
+                "bundle",
+                "expected `sha256:` and 64 lowercase hex digits, the digest of a bundle `tether deploy --server` uploaded",
+            );
+        }
         let network_mode = self.network_mode(spec.network_mode);
         let health_check = spec.health_check.as_ref().map(|check| self.health_check(check));
         let deployment = match &spec.deployment_configuration {
@@ -185,6 +196,7 @@ impl Checker<'_> {
             command: spec.command.clone(),
             environment,
             working_directory: spec.working_directory.clone(),
+            bundle: spec.bundle.clone(),
             network_mode,
             health_check,
             grace_period: Duration::from_secs(spec.health_check_grace_period_seconds.unwrap_or(0).into()),
@@ -206,6 +218,7 @@ impl Checker<'_> {
             ("deploymentConfiguration", spec.deployment_configuration.is_some()),
             ("environment", !spec.environment.is_empty()),
             ("workingDirectory", spec.working_directory.is_some()),
+            ("bundle", spec.bundle.is_some()),
             ("networkMode", spec.network_mode.is_some()),
             ("allowFrom", spec.allow_from.is_some()),
             ("cpu", spec.cpu.is_some()),

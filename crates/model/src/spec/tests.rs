@@ -705,3 +705,16 @@ fn an_external_service_has_neither_tls_nor_allow_from() {
         &["outside the mesh", "`allowFrom` has no meaning"],
     );
 }
+
+#[test]
+fn a_bundle_is_a_sha256_reference_and_part_of_the_task_fingerprint() {
+    let mut value = payment();
+    let plain = crate::rollout::fingerprint(&valid(value.clone())).unwrap();
+    value["bundle"] = json!(format!("sha256:{}", "0a".repeat(32)));
+    let first = crate::rollout::fingerprint(&valid(value.clone())).unwrap();
+    value["bundle"] = json!(format!("sha256:{}", "0b".repeat(32)));
+    let second = crate::rollout::fingerprint(&valid(value.clone())).unwrap();
+    assert!(plain != first && first != second, "a changed folder rolls out new tasks");
+    assert!(!plain.contains("bundle"), "specs without one keep their fingerprint");
+    rejects(|v| v["bundle"] = json!("sha256:xyz"), "bundle", &["64 lowercase hex digits"]);
+}

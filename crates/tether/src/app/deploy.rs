@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tether_runner::ControlClient;
 use tether_runner::status::DeploymentState;
+use tether_runner::{ControlClient, Status};
 
 use super::load_spec;
-use super::session::{DataDir, Session, read_state};
+use super::session::{DataDir, Session};
 
 /// Apply a changed spec file to a running application: new task versions roll out within each
 /// service's minimumHealthyPercent / maximumPercent, new tasks healthy before old ones drain; a
@@ -57,10 +57,7 @@ pub fn main(args: Args) -> ExitCode {
                 println!("nothing changed");
                 return Ok(ExitCode::SUCCESS);
             }
-            let ok =
-                crate::fleet::follow(&client, &app.namespace, &changed, Duration::from_secs(args.timeout))
-                    .await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            follow(&client, &app.namespace, changed, Duration::from_secs(args.timeout)).await
         });
     }
     super::run_async(async move {
@@ -80,13 +77,15 @@ pub fn main(args: Args) -> ExitCode {
             println!("nothing changed");
             return Ok(ExitCode::SUCCESS);
         }
-        follow(&data, changed, Duration::from_secs(args.timeout)).await
+        follow(&client, &app.namespace, changed, Duration::from_secs(args.timeout)).await
     })
 }
 
-/// Until every changed service runs its new revision, or its deployment ended otherwise.
+/// Until every changed service runs its new revision, or its deployment ended otherwise: its
+/// progress as it changes, then its outcome. Exit 0 when every one completed.
 async fn follow(
-    data: &std::path::Path,
+    client: &ControlClient,
+    ns: &str,
     mut waiting: BTreeMap<String, u64>,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
@@ -96,23 +95,31 @@ async fn follow(
     while !waiting.is_empty() {
         if started.elapsed() > timeout {
             let names: Vec<&str> = waiting.keys().map(String::as_str).collect();
-            println!("still rolling out after {timeout:?}: {} (see `tether ps`)", names.join(", "));
+            println!(
+                "still rolling out after {timeout:?}: {} (it goes on; see `tether deployments`)",
+                names.join(", ")
+            );
             return Ok(ExitCode::FAILURE);
         }
-        let status = read_state(data).context("reading the runner's state")?;
+        let services = client.services(ns).await?;
+        let tasks = client.tasks(ns).await?;
+        let deployments = client.deployments(ns, None).await?;
+        let status = Status::from_records(ns, &services, &tasks, &deployments);
         waiting.retain(|name, revision| {
             let Some(service) = status.services.get(name) else {
-                // Not run by the runner (an external service, or no command): nothing to roll.
+                // No tasks to run (an external service, or no command): nothing to roll.
                 return false;
             };
-            let deployment = service.deployment.as_ref().filter(|d| d.to_revision == *revision);
+            // This revision's own deployment; none when it changed nothing a task runs (only
+            // desiredCount, say), or when a newer revision came before the scheduler saw it.
+            let deployment = deployments.iter().find(|d| d.service == *name && d.to_revision == *revision);
             let message = deployment.map(|d| d.message.clone()).unwrap_or_default();
             if !message.is_empty() && said.get(name) != Some(&message) {
                 println!("{name}: {message}");
                 said.insert(name.clone(), message);
             }
             match deployment.map(|d| d.state) {
-                Some(DeploymentState::RolledBack | DeploymentState::Failed) => {
+                Some(DeploymentState::RolledBack | DeploymentState::Failed | DeploymentState::Superseded) => {
                     failed = true;
                     false
                 }

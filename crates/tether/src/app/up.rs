@@ -1,32 +1,40 @@
 //! `tether up [FILE]`: the whole application on this machine, in the foreground.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tether_control::identity::IdentityOptions;
-use tether_control::{Server, ServerConfig, ensure_data_dir};
+use tether_control::{SchedulerOptions, Server, ServerConfig, ensure_data_dir};
 use tether_model::{App, AppProtocol};
+use tether_runner::agent::{Agent, AgentConfig};
 use tether_runner::status::{ServiceStatus, TaskState};
-use tether_runner::{ControlClient, HostConfig, LogLine, Runner, RunnerConfig, Status};
+use tether_runner::{ControlClient, HostConfig, LogLine, Status};
 use tether_store::Embedded;
 use tokio::sync::{broadcast, watch};
 
 use super::session::{DataDir, Session, write_state};
 use super::{EX_DATAERR, load_spec};
 
-/// Run an application: start an embedded control plane and every service's tasks, each in a
-/// sandbox of its own beside its sidecar, and wait until all are healthy. Then stream the apps'
+/// The local agent's lease: when `tether up` dies, its instances expire after this.
+const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often the progress and `state.json` are brought up to date from the control plane.
+const STATUS_POLL: Duration = Duration::from_millis(250);
+
+/// Run an application: start an embedded control plane and this machine as the one host of
+/// its fleet (the same agent as `tether agent`), which runs every service's tasks, each in a
+/// sandbox of its own beside its sidecar; wait until all are healthy. Then stream the apps'
 /// output until Ctrl-C (or `tether down`), which drains and stops everything.
 ///
 ///   tether up examples/shop/tether.yaml
 ///
 /// The state (embedded store, admin token, task files, logs) is kept in .tether beside the spec
-/// file. `tether ps`, `tether logs SERVICE`, `tether deploy` and `tether down` work against it
-/// from the same folder. Sandboxes need root, or a kernel that lets users create user
-/// namespaces (then tether up makes one of its own); `networkMode: host` runs a service without.
+/// file. `tether ps`, `tether logs SERVICE`, `tether deploy`, `tether hosts` and `tether down`
+/// work against it from the same folder. Sandboxes need root, or a kernel that lets users
+/// create user namespaces (then tether up makes one of its own); `networkMode: host` runs a
+/// service without.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -38,7 +46,8 @@ pub struct Args {
     /// Where the embedded control plane's API listens; port 0 lets the system pick.
     #[arg(long, value_name = "ADDR", default_value_t = tether_control::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Join this control plane instead of starting one (with --token).
+    /// Use this control plane instead of starting one (with its admin token): the spec is
+    /// applied there and this machine joins its fleet as a host.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// The control plane's admin token (with --server).
@@ -89,13 +98,15 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
         crate::signal::shutdown().await;
         let _ = stop.send(true);
     });
-    let until_stopped = {
+    let until_stopped = || {
         let mut stopping = stopping.clone();
         async move {
             let _ = stopping.wait_for(|s| *s).await;
         }
     };
 
+    // The control plane outlives the agent, which needs it to deregister its tasks; its
+    // scheduler stops first, so that nothing is placed again while the agent drains.
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let (server, token, control) = match args.server.clone() {
         Some(server) => {
@@ -107,7 +118,8 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
                 let _ = control_stopped.await;
             };
             let identity = IdentityOptions { lifetime: args.certificate_lifetime, supplied: None };
-            let (url, token, join) = embedded_control_plane(&data, args.listen, identity, stopped).await?;
+            let (url, token, join) =
+                embedded_control_plane(&data, args.listen, identity, until_stopped(), stopped).await?;
             (url, token, Some(join))
         }
     };
@@ -124,19 +136,27 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
     }
     .write(&data)?;
 
-    let runner = Runner::new(RunnerConfig {
-        namespace: app.namespace.clone(),
+    // This machine as the one host of the control plane's fleet: the same agent as `tether
+    // agent`, on a join token the admin token makes.
+    let name = host_name();
+    let agent = Agent::join(AgentConfig {
+        name: name.clone(),
         server: server.clone(),
-        token,
+        token: client.join_token(&name).await.context("making this host's join token")?,
+        address: Ipv4Addr::LOCALHOST.into(),
+        attributes: Default::default(),
+        capacity: crate::fleet::detected_capacity(),
+        lease_ttl: LEASE_TTL,
         host: HostConfig {
             data_dir: data.clone(),
             base_dir,
             tether_exe: std::env::current_exe().context("finding the tether binary")?,
-            advertise: std::net::Ipv4Addr::LOCALHOST.into(),
+            advertise: Ipv4Addr::LOCALHOST.into(),
             drain_wait: Duration::from_secs_f64(args.drain_wait),
         },
     })
-    .await?;
+    .await
+    .with_context(|| format!("joining {server} as host {name}"))?;
     let tasks: u32 =
         app.services.iter().filter(|(_, s)| s.task.is_some()).map(|(_, s)| s.desired_count).sum();
     println!(
@@ -144,27 +164,34 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
         app.namespace,
         app.services.len()
     );
-    let mut status = runner.status();
-    let mut logs = runner.logs();
-    let runner = tokio::spawn(runner.run(until_stopped));
+    let mut logs = agent.logs();
+    let agent = tokio::spawn(agent.run(until_stopped()));
 
     let mut progress = Progress { started, shown: Status::default(), announced: false };
     let mut stopping = stopping;
+    let mut unreachable = false;
     loop {
         tokio::select! {
             _ = stopping.wait_for(|s| *s) => break,
-            changed = status.changed() => {
-                if changed.is_err() {
-                    break;
+            () = tokio::time::sleep(STATUS_POLL) => match Status::read(&client, &app.namespace).await {
+                Ok(now) => {
+                    unreachable = false;
+                    if now == progress.shown {
+                        continue;
+                    }
+                    let _ = write_state(&data, &now);
+                    progress.show(&now);
+                    if now.settled() && !progress.announced && !now.services.is_empty() {
+                        progress.announced = true;
+                        summary(&app, &now, &server, &data, &name, started).await;
+                    }
                 }
-                let now = status.borrow_and_update().clone();
-                let _ = write_state(&data, &now);
-                progress.show(&now);
-                if now.settled() && !progress.announced && !now.services.is_empty() {
-                    progress.announced = true;
-                    summary(&app, &now, &server, &data, started).await;
+                Err(e) if !unreachable => {
+                    unreachable = true;
+                    println!("[{:6.1}s] {e}; tasks keep running", started.elapsed().as_secs_f64());
                 }
-            }
+                Err(_) => {}
+            },
             line = logs.recv(), if !args.quiet => match line {
                 Ok(line) => print_line(&line),
                 Err(broadcast::error::RecvError::Lagged(n)) => println!("… {n} lines skipped"),
@@ -173,10 +200,9 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
         }
     }
     println!("stopping: draining every task…");
-    let _ = runner.await;
+    let _ = agent.await;
     let _ = std::fs::remove_file(data.join(super::session::SESSION_FILE));
     let _ = std::fs::remove_file(data.join(super::session::STATE_FILE));
-    // The control plane outlives the runner, which needs it to deregister its tasks.
     let _ = stop_control.send(());
     if let Some(control) = control {
         let _ = tokio::time::timeout(Duration::from_secs(10), control).await;
@@ -185,27 +211,39 @@ async fn run(args: Args, app: App) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// This machine's name as a host of the fleet: its hostname, or `local` when that is not a
+/// usable name.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim().to_ascii_lowercase();
+    match tether_model::registry::check_instance_id(&name) {
+        Ok(()) if !name.is_empty() => name,
+        _ => "local".to_owned(),
+    }
+}
+
 /// The control plane inside `up`: the embedded store in the data directory, the API and the
 /// proxy stream on `listen`.
 async fn embedded_control_plane(
     data: &Path,
     listen: SocketAddr,
     identity: IdentityOptions,
+    stop_scheduler: impl Future<Output = ()> + Send + 'static,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(String, String, tokio::task::JoinHandle<()>)> {
     let dir = data.to_path_buf();
     let store = tokio::task::spawn_blocking(move || Embedded::open(&dir))
         .await?
         .with_context(|| format!("opening the embedded store in {}", data.display()))?;
-    // The runner places its own tasks: no scheduler.
-    let config = ServerConfig { listen, data_dir: data.to_path_buf(), identity, scheduler: None };
+    let scheduler = Some(SchedulerOptions { lost_grace: LEASE_TTL + Duration::from_secs(5) });
+    let config = ServerConfig { listen, data_dir: data.to_path_buf(), identity, scheduler };
     let server = Server::bind(&config, store).await.with_context(|| {
         format!("starting the control plane on {listen} (is another `tether up` or `tether server` using it? pass --listen 127.0.0.1:0)")
     })?;
     let token = server.admin_token().as_str().to_owned();
     let url = format!("http://{}", server.local_addr());
     let join = tokio::spawn(async move {
-        if let Err(e) = server.run(stop).await {
+        if let Err(e) = server.run_until(stop_scheduler, stop).await {
             eprintln!("the control plane stopped: {e:#}");
         }
     });
@@ -255,7 +293,7 @@ fn counts(service: &ServiceStatus) -> String {
     format!("({}/{} healthy)", service.healthy(), service.desired)
 }
 
-async fn summary(app: &App, status: &Status, server: &str, data: &Path, started: Instant) {
+async fn summary(app: &App, status: &Status, server: &str, data: &Path, host: &str, started: Instant) {
     let tasks: usize = status.services.values().map(|s| s.tasks.len()).sum();
     println!("\n{} is up: {tasks} tasks healthy in {:.1} s", app.namespace, started.elapsed().as_secs_f64());
     for (_, service) in &app.services {
@@ -270,7 +308,10 @@ async fn summary(app: &App, status: &Status, server: &str, data: &Path, started:
                 AppProtocol::Tcp => format!("   {addr} (tcp)"),
             });
             if !listening {
-                line.push_str(&format!(" (not answering yet: see {})", data.join("logs/edge.log").display()));
+                line.push_str(&format!(
+                    " (not answering yet: see {})",
+                    data.join(format!("logs/edge.{}.log", app.namespace)).display()
+                ));
             }
         }
         let aliases: Vec<String> = service
@@ -284,7 +325,10 @@ async fn summary(app: &App, status: &Status, server: &str, data: &Path, started:
         }
         println!("{line}");
     }
-    println!("  control plane: {server} (token in {})", data.join("admin.token").display());
+    println!(
+        "  control plane: {server} (token in {}), with this machine as its one host, {host} (tether hosts)",
+        data.join("admin.token").display()
+    );
     println!(
         "  identity: each sidecar holds spiffe://{}/SERVICE; sidecars talk mutual TLS (tether ca status --server {server} --data {})",
         app.namespace,

@@ -2,6 +2,7 @@
 //! would: expired, foreign, without a SPIFFE ID), and TLS ends over an in-memory pipe.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -43,24 +44,29 @@ impl Ca {
 
     pub fn issue(&self, leaf: Leaf) -> Issued {
         let key = Identity::new_key().unwrap();
+        let (der, chain_pem) = self.certify(&key, leaf);
+        Issued { key_pem: key.serialize_pem(), der, chain_pem }
+    }
+
+    /// A certificate for `key` (the sidecar's, as a CSR would carry it): its DER and PEM.
+    pub fn certify(&self, key: &KeyPair, leaf: Leaf) -> (CertificateDer<'static>, String) {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = leaf.sans;
-        params.not_before = date_time_ymd(leaf.not_before.0, leaf.not_before.1, leaf.not_before.2);
-        params.not_after = date_time_ymd(leaf.not_after.0, leaf.not_after.1, leaf.not_after.2);
+        params.not_before = leaf.not_before.into();
+        params.not_after = leaf.not_after.into();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = leaf.usages;
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Issued { key_pem: key.serialize_pem(), der: cert.der().clone(), chain_pem: cert.pem() }
+        let cert = params.signed_by(key, &self.issuer).unwrap();
+        (cert.der().clone(), cert.pem())
     }
 }
 
 /// What a leaf certificate says.
 pub struct Leaf {
     sans: Vec<SanType>,
-    /// Year, month, day.
-    not_before: (i32, u8, u8),
-    not_after: (i32, u8, u8),
+    not_before: SystemTime,
+    not_after: SystemTime,
     usages: Vec<ExtendedKeyUsagePurpose>,
 }
 
@@ -78,20 +84,28 @@ impl Leaf {
     pub fn with_sans(sans: Vec<SanType>) -> Self {
         Self {
             sans,
-            not_before: (2024, 1, 1),
-            not_after: (2089, 1, 1),
+            not_before: date((2024, 1, 1)),
+            not_after: date((2089, 1, 1)),
             usages: vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         }
     }
 
     pub fn expired(mut self) -> Self {
-        self.not_before = (2021, 1, 1);
-        self.not_after = (2021, 1, 2);
+        self.not_before = date((2021, 1, 1));
+        self.not_after = date((2021, 1, 2));
         self
     }
 
+    /// Valid until `not_after`: year, month, day.
     pub fn valid_until(mut self, not_after: (i32, u8, u8)) -> Self {
-        self.not_after = not_after;
+        self.not_after = date(not_after);
+        self
+    }
+
+    /// Valid from now for `lifetime` (to the second, as certificates say).
+    pub fn valid_for(mut self, lifetime: Duration) -> Self {
+        self.not_before = SystemTime::now();
+        self.not_after = self.not_before + lifetime;
         self
     }
 
@@ -99,6 +113,11 @@ impl Leaf {
         self.usages = usages;
         self
     }
+}
+
+/// Midnight UTC of a year, month and day.
+fn date((year, month, day): (i32, u8, u8)) -> SystemTime {
+    date_time_ymd(year, month, day).into()
 }
 
 pub fn uri(s: &str) -> SanType {

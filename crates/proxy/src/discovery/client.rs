@@ -1,97 +1,38 @@
-//! A sidecar fed by the control plane: subscribes to its config stream, applies each update to
-//! the running proxy and answers ACK or NACK, keeps its last good snapshot on disk, and serves
-//! from that snapshot while the control plane is away (design §6, static stability).
-//!
-//! ```text
-//! control plane ══ ConfigUpdate ══► Discovery ── Update ──► Proxy::run_with_updates
-//!               ◄══ Ack / Nack ════           ◄─ applied ──
-//!               ◄══ CSR ═══════════           ── identity, trust bundle ──► Credentials
-//! ```
-//!
-//! With [`Discovery::with_credentials`] it also keeps the sidecar's identity: it makes a key
-//! (which never leaves the process), sends a CSR on the stream, and puts the certificate it gets
-//! into the proxy's credentials; it asks again at half the certificate's remaining lifetime, at
-//! once when the root that signs changes (a CA rotation), and on every new stream while it
-//! has none. While the control plane is away the certificate keeps serving until it expires;
-//! then the proxy fails closed until a new one comes.
+//! The config stream's client: follows the stream, applies each update and answers it, keeps
+//! the last good snapshot, and hands certificates and bundles to the [`Keeper`].
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime};
-use tether_api::resource;
+use tether_api::ResourceName;
+use tether_api::pieces::Joiner;
 use tether_api::v1::config_stream_client::ConfigStreamClient;
-
-use tether_api::v1::{
-    Ack, CertificateRequest, ConfigUpdate, Hello, IssuedCertificate, Nack, ProxyMessage,
-    TrustBundle as Bundle, proxy_message,
-};
-use tether_model::{ProxyConfig, SpiffeId};
+use tether_api::v1::{Ack, ConfigUpdate, Hello, Nack, ProxyMessage, proxy_message};
+use tether_model::ProxyConfig;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
 use tracing::{debug, error, info, warn};
 
+use super::keeper::Keeper;
+use super::{DiscoveryError, Settings};
 use crate::Update;
-use crate::tls::{Credentials, Identity, KeyPair, TrustBundle};
+use crate::tls::Credentials;
 
 /// Backoff between attempts to reach the control plane: from the first to the last, doubling,
 /// each with up to half of it added at random so that proxies don't all come back at once.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_LAST: Duration = Duration::from_secs(5);
-/// A certificate request unanswered for this long is sent again.
-const CSR_PATIENCE: Duration = Duration::from_secs(10);
-
-/// Who the proxy is, where its control plane is, and what it decides for itself.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The control plane's replicas, e.g. `http://127.0.0.1:7700`: any one of them will do, and
-    /// when the one in use fails the next is tried.
-    pub servers: Vec<String>,
-    pub token: String,
-    pub namespace: String,
-    pub service: String,
-    pub task: String,
-    /// The admin endpoint's address.
-    pub admin: SocketAddr,
-    /// Where the last good snapshot is kept.
-    pub state_dir: PathBuf,
-    /// Bind every outbound listener on this address with a port of the system's choosing,
-    /// instead of the alias's own address and port (several sidecars on one host without
-    /// sandboxes).
-    pub outbound_ip: Option<IpAddr>,
-    /// An edge proxy: it serves the namespace's published ports instead of a task's listeners.
-    pub edge: bool,
-    /// How long draining keeps serving new connections (`drainWaitSeconds`); `None` keeps the
-    /// default.
-    pub drain_wait_seconds: Option<f64>,
-}
-
-/// Checks a control-plane URL as `--server` takes it: `http://HOST:PORT`.
-pub fn check_server_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http"), Some(_)) => Ok(()),
-        _ => Err(format!("`{url}` is not an http://HOST:PORT URL, e.g. http://127.0.0.1:7700")),
-    }
-}
 
 /// The resources the proxy has, by name, and the version they came with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Snapshot {
     version: u64,
     resources: BTreeMap<String, serde_json::Value>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
-    #[error("the saved snapshot {path} cannot be used: {reason}")]
-    Saved { path: PathBuf, reason: String },
-    #[error("cannot keep the snapshot in {path}: {source}")]
-    Save { path: PathBuf, source: std::io::Error },
 }
 
 pub struct Discovery {
@@ -199,7 +140,7 @@ impl Discovery {
         if let Some(keeper) = &mut self.identity {
             keeper.new_stream();
         }
-        let mut pending: Option<ConfigUpdate> = None;
+        let mut joiner = Joiner::default();
         loop {
             let renewal = self.identity.as_ref().and_then(Keeper::next_request);
             let piece = tokio::select! {
@@ -218,21 +159,7 @@ impl Discovery {
                 }
             };
             // A large update arrives in pieces: apply it once whole.
-            let mut update = match pending.take() {
-                Some(mut update) if update.version == piece.version => {
-                    update.resources.extend(piece.resources);
-                    update.removed.extend(piece.removed);
-                    update.trust_bundle = update.trust_bundle.or(piece.trust_bundle);
-                    update.certificate = update.certificate.or(piece.certificate);
-                    update.more = piece.more;
-                    update
-                }
-                _ => piece,
-            };
-            if update.more {
-                pending = Some(update);
-                continue;
-            }
+            let Some(mut update) = joiner.push(piece) else { continue };
             let version = update.version;
             if let Some(keeper) = &mut self.identity {
                 keeper.take(update.trust_bundle.take(), update.certificate.take());
@@ -273,10 +200,10 @@ impl Discovery {
         }
         let mut unreadable = None;
         for r in update.resources {
-            let value = if !r.name.starts_with(resource::INBOUND) && !r.name.starts_with(resource::OUTBOUND) {
-                Err(format!("unknown resource `{}`", r.name))
-            } else {
-                serde_json::from_slice(&r.json).map_err(|e| format!("resource `{}` is not JSON: {e}", r.name))
+            let value = match ResourceName::parse(&r.name) {
+                Err(unknown) => Err(unknown.to_string()),
+                Ok(_) => serde_json::from_slice(&r.json)
+                    .map_err(|e| format!("resource `{}` is not JSON: {e}", r.name)),
             };
             match value {
                 Ok(value) => {
@@ -317,14 +244,17 @@ impl Discovery {
     /// The proxy config made of a snapshot's resources and the proxy's own settings, decoded
     /// and validated exactly like a config file.
     fn config_of(&self, snapshot: &Snapshot) -> Result<ProxyConfig, String> {
-        let of = |prefix: &str| -> Vec<&serde_json::Value> {
-            snapshot.resources.iter().filter(|(name, _)| name.starts_with(prefix)).map(|(_, v)| v).collect()
+        // Names of no known kind (kept from a refused update) are no listener of either list.
+        let of = |outbound: bool| -> Vec<&serde_json::Value> {
+            let known =
+                snapshot.resources.iter().filter_map(|(name, v)| Some((ResourceName::parse(name).ok()?, v)));
+            known.filter(|(name, _)| name.kind().is_outbound() == outbound).map(|(_, v)| v).collect()
         };
         let mut document = serde_json::json!({
             "admin": self.settings.admin.to_string(),
             "service": self.settings.service,
-            "inbound": of(resource::INBOUND),
-            "outbound": of(resource::OUTBOUND),
+            "inbound": of(false),
+            "outbound": of(true),
         });
         if let Some(wait) = self.settings.drain_wait_seconds {
             document["drainWaitSeconds"] = wait.into();
@@ -354,129 +284,6 @@ impl Discovery {
     }
 }
 
-/// Keeps the sidecar's certificate current and its trust bundle as the control plane sends it.
-struct Keeper {
-    credentials: Arc<Credentials>,
-    /// The key of the request in flight, and when it was sent.
-    pending: Option<(KeyPair, Instant)>,
-    /// When to ask for the next certificate.
-    renew_at: Option<Instant>,
-    /// The root that signed the current certificate (DER), to notice when another one signs.
-    signed_by: Option<Vec<u8>>,
-    /// The expiry already reported, so that it is reported once.
-    reported: Option<SystemTime>,
-}
-
-impl Keeper {
-    fn new(credentials: Arc<Credentials>) -> Self {
-        Self { credentials, pending: None, renew_at: None, signed_by: None, reported: None }
-    }
-
-    /// A new stream: a request sent on the old one will not be answered.
-    fn new_stream(&mut self) {
-        self.pending = None;
-        if self.credentials.identity().is_none() {
-            self.renew_at = Some(Instant::now());
-        }
-    }
-
-    /// When to send the next request: the renewal time, or a request unanswered for too long
-    /// sent again.
-    fn next_request(&self) -> Option<Instant> {
-        match &self.pending {
-            Some((_, sent)) => Some(*sent + CSR_PATIENCE),
-            None => self.renew_at,
-        }
-    }
-
-    /// A certificate request for a fresh key.
-    fn request(&mut self, settings: &Settings) -> Option<proxy_message::Kind> {
-        let id = if settings.edge {
-            SpiffeId::edge(&settings.namespace)
-        } else {
-            SpiffeId::new(&settings.namespace, &settings.service)
-        };
-        let made = id.map_err(|e| e.to_string()).and_then(|id| {
-            let key = Identity::new_key().map_err(|e| e.to_string())?;
-            let csr = Identity::csr(&key, &id).map_err(|e| e.to_string())?;
-            Ok((key, csr))
-        });
-        match made {
-            Ok((key, csr_pem)) => {
-                debug!("asking for a certificate");
-                self.pending = Some((key, Instant::now()));
-                Some(proxy_message::Kind::CertificateRequest(CertificateRequest { csr_pem }))
-            }
-            Err(error) => {
-                error!(%error, "cannot make a certificate request");
-                self.pending = None;
-                self.renew_at = Some(Instant::now() + CSR_PATIENCE);
-                None
-            }
-        }
-    }
-
-    /// What an update brought: a trust bundle, an answer to the request in flight.
-    fn take(&mut self, bundle: Option<Bundle>, certificate: Option<IssuedCertificate>) {
-        if let Some(bundle) = bundle {
-            match TrustBundle::from_pem(&bundle.roots_pem.concat()) {
-                Ok(bundle) => {
-                    let signing = bundle.certificates().first().map(|root| root.to_vec());
-                    info!(roots = bundle.certificates().len(), "trust bundle updated");
-                    self.credentials.update_bundle(bundle);
-                    // A CA rotation's new root signs now: move to it at once, so that the
-                    // old root can leave every bundle.
-                    if self.signed_by.is_some() && signing != self.signed_by && self.pending.is_none() {
-                        info!("the signing root changed; asking for a certificate from it");
-                        self.renew_at = Some(Instant::now());
-                    }
-                }
-                Err(error) => warn!(%error, "the control plane sent a trust bundle that cannot be used"),
-            }
-        }
-        let Some(certificate) = certificate else { return };
-        let Some((key, _)) = self.pending.take() else {
-            debug!("a certificate arrived with no request in flight; ignored");
-            return;
-        };
-        if !certificate.error.is_empty() {
-            warn!(error = %certificate.error, "the control plane refused the certificate request; asking again later");
-            self.renew_at = Some(Instant::now() + CSR_PATIENCE);
-            return;
-        }
-        match Identity::from_issued(key, &certificate.chain_pem) {
-            Ok(identity) => {
-                let remaining = identity.not_after().duration_since(SystemTime::now()).unwrap_or_default();
-                info!(
-                    identity = %identity.spiffe_id(),
-                    expires_in_s = remaining.as_secs(),
-                    "certificate issued"
-                );
-                self.renew_at = Some(Instant::now() + remaining / 2);
-                self.signed_by = identity.chain().get(1).map(|root| root.to_vec());
-                self.reported = None;
-                self.credentials.update_identity(identity);
-            }
-            Err(error) => {
-                warn!(%error, "the issued certificate cannot be used; asking again later");
-                self.renew_at = Some(Instant::now() + CSR_PATIENCE);
-            }
-        }
-    }
-
-    /// Says once, loudly, that the certificate has expired while the control plane is away.
-    fn report_expiry(&mut self) {
-        let Some(identity) = self.credentials.identity() else { return };
-        if identity.not_after() <= SystemTime::now() && self.reported != Some(identity.not_after()) {
-            self.reported = Some(identity.not_after());
-            error!(
-                identity = %identity.spiffe_id(),
-                "the certificate expired and the control plane cannot be reached to renew it: mesh connections are refused (never sent in plaintext) until it returns"
-            );
-        }
-    }
-}
-
 /// Whether the control plane turned the stream down for who this sidecar is (its token, its
 /// hello), rather than failing to answer.
 fn refused(status: &tonic::Status) -> bool {
@@ -487,7 +294,7 @@ fn refused(status: &tonic::Status) -> bool {
 /// Sleeps until `at`; forever if it is `None`.
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
